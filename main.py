@@ -1,0 +1,32 @@
+"""tfawd entry point: parses flags and dispatches to a mode.
+
+  python main.py --flagfile=configs/lstm_base_wt2_cpu.cfg              # train + evaluate
+  python main.py --flagfile=configs/lstm_base_wt2_cpu.cfg --mode=evaluate
+"""
+import sys
+
+from absl import app, flags
+
+from tfawd import config
+
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                  "train: train (or resume) then evaluate the best weights; "
+                  "evaluate: valid/test perplexity of the weights in --model_dir.")
+config.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    from tfawd import training
+    from pipelines.corpus_files import DataError
+    cfg = config.from_flags(FLAGS)
+    try:
+        {"train": training.train, "evaluate": training.evaluate}[FLAGS.mode](cfg)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,49 @@
+"""The command line: documented flags, flagfiles, one-line rejections of bad values."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_main(*args):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_helpfull_lists_every_flag_with_help():
+    out = run_main("--helpfull").stdout
+    for flag in ("--flagfile", "--mode", "--data_dir", "--model_dir", "--emsize", "--bptt",
+                 "--[no]variable_bptt", "--max_steps", "--time_budget_min", "--profile_steps"):
+        assert flag in out, flag
+    assert "Where checkpoints, TensorBoard logs" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dropout=1.0"], "--dropout must be in [0, 1)"),
+    (["--dropout=-0.1"], "--dropout must be in [0, 1)"),
+    (["--batch_size=-4"], "--batch_size must be positive"),
+    (["--nhid=0"], "--nhid must be positive"),
+    (["--dataset=wt3"], "value should be one of <wikitext2|ptb>"),
+    (["--mode=dance"], "value should be one of"),
+    (["--profile_steps=10,5"], "--profile_steps must be START,END"),
+    (["--tie_weights", "--emsize=10", "--nhid=20"], "--tie_weights needs --nhid equal"),
+    (["stray"], "unexpected arguments"),
+])
+def test_bad_values_are_rejected_with_a_one_line_message(args, message):
+    result = run_main(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_files_parse(tmp_path):
+    """Every committed flagfile is accepted by the flag parser (validators included)."""
+    from absl import flags
+    from tfawd import config
+    for cfg in sorted((REPO / "configs").glob("*.cfg")):
+        fv = flags.FlagValues()
+        config.define_flags(fv)
+        fv([sys.argv[0], f"--flagfile={cfg}"])
+        assert config.from_flags(fv).model_dir, cfg

@@ -1,0 +1,113 @@
+"""Run configuration: one dataclass, from which the absl flags are generated.
+
+Library code takes an `LMConfig`; only `main.py` touches absl. Each field's metadata carries the
+flag's help text and, for enums, its choices; validators give one-line errors for bad values.
+"""
+import dataclasses
+
+from absl import flags
+
+from pipelines.corpus_files import CORPORA, default_data_dir
+
+MODELS = ("lstm",)
+
+
+def _f(default, help_text, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass
+class LMConfig:
+    # Data
+    dataset: str = _f("wikitext2", "Corpus to model.", choices=tuple(CORPORA))
+    data_dir: str = _f(None, "Folder holding wikitext-2/ and penn/ (like ../shared/data). "
+                             "Default: $TFAWD_DATA_DIR, else a download cache.")
+    model_dir: str = _f("runs/lstm_base", "Where checkpoints, TensorBoard logs, results.json and "
+                                          "plots go. Re-running with the same folder resumes.")
+    # Model
+    model: str = _f("lstm", "Model architecture.", choices=MODELS)
+    emsize: int = _f(650, "Word embedding size.")
+    nhid: int = _f(650, "Hidden units per LSTM layer.")
+    nlayers: int = _f(2, "Number of LSTM layers.")
+    dropout: float = _f(0.5, "Dropout on the embedding output, between layers and on the output.")
+    tie_weights: bool = _f(False, "Share the embedding matrix with the output layer "
+                                  "(needs nhid == emsize).")
+    # Stream
+    batch_size: int = _f(20, "Training batch size (number of contiguous stream columns).")
+    eval_batch_size: int = _f(10, "Validation batch size (the reference uses 10).")
+    test_batch_size: int = _f(1, "Test batch size (the reference uses 1).")
+    bptt: int = _f(35, "Truncated-BPTT window length.")
+    variable_bptt: bool = _f(False, "Draw each window length as in AWD-LSTM section 4.1.")
+    bptt_max_len: int = _f(0, "Cap on drawn window lengths (0: no cap).")
+    # Optimisation
+    lr: float = _f(20.0, "SGD learning rate.")
+    lr_decay: float = _f(4.0, "Divide the learning rate by this when validation does not improve.")
+    clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
+    seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
+    # Run bounds and outputs
+    max_epochs: int = _f(40, "Stop after this many epochs.")
+    max_steps: int = _f(0, "Stop after this many training steps in total (0: no limit).")
+    time_budget_min: float = _f(0.0, "Stop training after this many minutes of this run, then "
+                                     "evaluate (0: no limit).")
+    log_every: int = _f(50, "Steps between progress/TensorBoard updates.")
+    checkpoint_every: int = _f(500, "Steps between checkpoints (also saved at each epoch end).")
+    profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
+                                "(TensorBoard profile tab).")
+
+    def profile_range(self):
+        if not self.profile_steps:
+            return None
+        start, end = (int(s) for s in self.profile_steps.split(","))
+        return start, end
+
+
+POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_batch_size",
+            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every")
+NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min")
+PROBABILITIES = ("dropout",)
+
+
+def _valid_profile_steps(value):
+    if not value:
+        return True
+    try:
+        start, end = (int(s) for s in value.split(","))
+    except ValueError:
+        return False
+    return 0 <= start < end
+
+
+def define_flags(fv=flags.FLAGS):
+    """Defines one absl flag per `LMConfig` field, with validators."""
+    for field in dataclasses.fields(LMConfig):
+        name, default, meta = field.name, field.default, field.metadata
+        if meta["choices"]:
+            flags.DEFINE_enum(name, default, meta["choices"], meta["help"], flag_values=fv)
+        elif field.type is bool:
+            flags.DEFINE_bool(name, default, meta["help"], flag_values=fv)
+        elif field.type is int:
+            flags.DEFINE_integer(name, default, meta["help"], flag_values=fv)
+        elif field.type is float:
+            flags.DEFINE_float(name, default, meta["help"], flag_values=fv)
+        else:
+            flags.DEFINE_string(name, default, meta["help"], flag_values=fv)
+    for name in POSITIVE:
+        flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive", flag_values=fv)
+    for name in NON_NEGATIVE:
+        flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0", flag_values=fv)
+    for name in PROBABILITIES:
+        flags.register_validator(name, lambda v: 0 <= v < 1, f"--{name} must be in [0, 1)",
+                                 flag_values=fv)
+    flags.register_validator("profile_steps", _valid_profile_steps,
+                             "--profile_steps must be START,END with 0 <= START < END",
+                             flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["tie_weights", "nhid", "emsize"], lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
+        "--tie_weights needs --nhid equal to --emsize", flag_values=fv)
+
+
+def from_flags(fv=flags.FLAGS) -> LMConfig:
+    cfg = LMConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(LMConfig)})
+    if cfg.data_dir is None:
+        cfg.data_dir = default_data_dir()
+    return cfg

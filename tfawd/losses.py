@@ -1,0 +1,35 @@
+"""Losses and gradient utilities shared by training and evaluation."""
+import math
+
+import tensorflow as tf
+
+
+def token_nll(logits, targets):
+    """Per-token negative log-likelihood [B, T] of integer targets, computed in float32."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=targets, logits=tf.cast(logits, tf.float32))
+
+
+def perplexity(mean_nll: float) -> float:
+    return math.exp(min(mean_nll, 700.0))
+
+
+def dedupe_sparse(grad):
+    """Sums the rows of an IndexedSlices gradient that share an index (others pass through).
+
+    An embedding gradient lists a row once per occurrence of the word; its norm (for
+    clipping) is only right once repeated rows are added together.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    unique, position = tf.unique(grad.indices)
+    values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(unique)[0])
+    return tf.IndexedSlices(values, unique, grad.dense_shape)
+
+
+def clip_gradients(grads, clip_norm: float):
+    """(grads clipped to global norm `clip_norm` (0: unclipped), global norm before clipping)."""
+    grads = [dedupe_sparse(g) for g in grads]
+    if clip_norm:
+        return tf.clip_by_global_norm(grads, clip_norm)
+    return grads, tf.linalg.global_norm(grads)

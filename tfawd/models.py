@@ -1,0 +1,82 @@
+"""Language models. `LstmLanguageModel` is seed 000's base model.
+
+The model is a function of (token ids, recurrent state) -> (logits, new state): the caller
+carries the state across the windows of the BPTT stream, so the same model serves training
+(batch 20-80), validation (batch 10), testing (batch 1) and prediction without `stateful` layers.
+"""
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class LstmLanguageModel(keras.Model):
+    """Embedding -> dropout -> `nlayers` LSTMs (dropout between) -> dropout -> dense softmax.
+
+    The "Base LSTM Model" of seed 000 (and of PyTorch's word_language_model example): plain
+    dropout on the embedding output, between layers and on the last output; a fully connected
+    output layer over the vocabulary, optionally tied to the embedding (Press & Wolf 2017).
+    Embedding and output weights start uniform in [-0.1, 0.1], the output bias at zero.
+    """
+
+    def __init__(self, vocab_size, emsize=650, nhid=650, nlayers=2, dropout=0.5,
+                 tie_weights=False, **kwargs):
+        super().__init__(**kwargs)
+        if tie_weights and nhid != emsize:
+            raise ValueError(f"tie_weights needs nhid == emsize, got {nhid} and {emsize}")
+        self.vocab_size, self.emsize, self.nhid = vocab_size, emsize, nhid
+        self.nlayers, self.dropout_rate, self.tie_weights = nlayers, dropout, tie_weights
+        init = keras.initializers.RandomUniform(-0.1, 0.1)
+        self.embedding = keras.layers.Embedding(vocab_size, emsize, embeddings_initializer=init,
+                                                name="embedding")
+        self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}")
+                         for i in range(nlayers + 1)]
+        self.rnns = [keras.layers.LSTM(nhid, return_sequences=True, return_state=True,
+                                       name=f"lstm_{i}") for i in range(nlayers)]
+        if not tie_weights:
+            self.decoder = keras.layers.Dense(vocab_size, kernel_initializer=init, name="decoder")
+
+    def build(self, input_shape=None):
+        if self.tie_weights:
+            self.decoder_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
+                                                name="decoder_bias")
+        self.built = True
+
+    def initial_state(self, batch_size):
+        """Zero (h, c) for every layer."""
+        z = tf.zeros([batch_size, self.nhid])
+        return [(z, z) for _ in range(self.nlayers)]
+
+    def call(self, inputs, states, training=False):
+        """inputs [B, T] int ids, states [(h, c)] * nlayers -> logits [B, T, V], new states."""
+        h = self.dropouts[0](self.embedding(inputs), training=training)
+        new_states = []
+        for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
+            h, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
+            new_states.append((h_t, c_t))
+            h = drop(h, training=training)
+        if self.tie_weights:
+            logits = tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.decoder_bias
+        else:
+            logits = self.decoder(h)
+        return logits, new_states
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "emsize": self.emsize,
+                "nhid": self.nhid, "nlayers": self.nlayers, "dropout": self.dropout_rate,
+                "tie_weights": self.tie_weights}
+
+
+def build_model(cfg, vocab_size: int) -> keras.Model:
+    """The model named by `cfg.model`, built (its weights created)."""
+    if cfg.model == "lstm":
+        model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
+                                  cfg.tie_weights)
+    else:
+        raise ValueError(f"unknown --model {cfg.model!r}")
+    model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
+    return model
+
+
+def rng_variables(model: keras.Model):
+    """The dropout RNG state variables, which `tf.train.Checkpoint(model=...)` does not track."""
+    return [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]

@@ -1,0 +1,60 @@
+"""Run outputs: results.json (metrics, flags, versions, timing) and the loss-curve PNG."""
+import dataclasses
+import json
+import os
+import platform
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def versions() -> dict:
+    import keras
+    import numpy
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    return {"python": sys.version.split()[0], "tensorflow": tf.__version__,
+            "keras": keras.__version__, "tensorflow_datasets": tfds.__version__,
+            "numpy": numpy.__version__, "machine": platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def write_json(path, payload) -> None:
+    """Writes atomically (a killed run never leaves a half-written file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_results(model_dir, cfg, metrics: dict) -> str:
+    path = os.path.join(model_dir, "results.json")
+    write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **metrics,
+                      "flags": dataclasses.asdict(cfg), "versions": versions(),
+                      "command": " ".join(sys.argv)})
+    return path
+
+
+def plot_loss_curve(history: list, path: str, title: str = "") -> str:
+    """Train and validation perplexity against training steps (log scale)."""
+    train = [(h["step"], h["train_ppl"]) for h in history if "train_ppl" in h]
+    valid = [(h["step"], h["val_ppl"]) for h in history if "val_ppl" in h]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train (running mean over log interval)", lw=1)
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation", lw=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,297 @@
+"""Training a language model on the BPTT stream, resumable at any checkpoint.
+
+One `tf.function` step: forward over a window from the carried state, mean cross-entropy,
+gradients, global-norm clipping, SGD update, new state stored (no gradient flows across
+windows). Each epoch ends with validation; the learning rate is divided by `lr_decay` when
+validation does not improve, and the best weights are kept in `<model_dir>/best`.
+
+Everything a run needs to continue exactly is in the checkpoint: weights, optimizer, epoch,
+window within the epoch, global step, learning rate, best validation loss, the carried LSTM
+state and the dropout RNG state. Re-running with the same `--model_dir` resumes from it.
+"""
+import json
+import logging
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipelines import bptt
+from pipelines.lm_corpus import Corpus, load_corpus
+from pipelines.vocab import Vocabulary
+from tfawd import reporting
+from tfawd.evaluation import Evaluator
+from tfawd.losses import clip_gradients, perplexity, token_nll
+from tfawd.models import build_model, rng_variables
+
+
+class LogLines:
+    """Progbar's interface as plain log lines, for output that is not a terminal."""
+
+    def __init__(self, total):
+        self.total = total
+
+    def update(self, current, values=()):
+        info = " - ".join(f"{k}: {v:.4g}" for k, v in values)
+        print(f"{current}/{self.total} - {info}", flush=True)
+
+
+def progress_bar(total: int, current: int):
+    """A Keras progress bar on a terminal, log lines otherwise (Progbar assumes a terminal)."""
+    if not sys.stdout.isatty():
+        return LogLines(total)
+    bar = keras.utils.Progbar(total, stateful_metrics=["loss", "ppl", "tok/s", "lr"])
+    if current:
+        bar.update(current)
+    return bar
+
+
+class RunState(tf.Module):
+    """Counters and carried tensors that a checkpoint must hold besides weights/optimizer."""
+
+    def __init__(self, model, batch_size, lr):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.window = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.lr = tf.Variable(lr, dtype=tf.float64, trainable=False)
+        self.best_val_nll = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.train_tokens = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.hidden = [tuple(tf.Variable(t, trainable=False) for t in layer)
+                       for layer in model.initial_state(batch_size)]
+
+    def reset_hidden(self):
+        for layer in self.hidden:
+            for v in layer:
+                v.assign(tf.zeros_like(v))
+
+
+def make_train_step(model, optimizer, state: RunState, clip: float):
+    """The compiled training step: (inputs [B, T], targets [B, T]) -> (loss, grad norm)."""
+    batch_size = state.hidden[0][0].shape[0]
+    spec = tf.TensorSpec([batch_size, None], tf.int32)
+
+    @tf.function(input_signature=[spec, spec])
+    def train_step(x, y):
+        states = [tuple(v.read_value() for v in layer) for layer in state.hidden]
+        with tf.GradientTape() as tape:
+            logits, new_states = model(x, states, training=True)
+            loss = tf.reduce_mean(token_nll(logits, y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads, norm = clip_gradients(grads, clip)
+        optimizer.apply(grads, model.trainable_variables)
+        for layer_vars, layer_values in zip(state.hidden, new_states):
+            for v, value in zip(layer_vars, layer_values):
+                v.assign(value)
+        return loss, norm
+
+    return train_step
+
+
+class Trainer:
+    """Owns the model, optimizer, checkpoints and logs of one `model_dir`."""
+
+    def __init__(self, cfg, corpus: Corpus | None = None):
+        self.cfg = cfg
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        keras.utils.set_random_seed(cfg.seed)
+        vocab_path = os.path.join(cfg.model_dir, "vocab.txt")
+        vocab = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
+        if corpus is None:
+            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab)
+        elif vocab is not None and vocab.words != corpus.vocab.words:
+            raise ValueError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
+        corpus.vocab.save(vocab_path)
+        self.corpus = corpus
+        self.model = build_model(cfg, len(corpus.vocab))
+        self.optimizer = keras.optimizers.SGD(learning_rate=cfg.lr)
+        self.optimizer.build(self.model.trainable_variables)
+        self.state = RunState(self.model, cfg.batch_size, cfg.lr)
+        ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, run=self.state,
+                                   rng=rng_variables(self.model))
+        self.manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, "ckpt"), 2)
+        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
+                                               os.path.join(cfg.model_dir, "best"), 1)
+        self.history_path = os.path.join(cfg.model_dir, "history.json")
+        self.history = []
+        if self.manager.latest_checkpoint:
+            ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            with open(self.history_path) as f:
+                self.history = json.load(f)
+            logging.info("Resumed from %s: epoch %d, window %d, step %d",
+                         self.manager.latest_checkpoint, int(self.state.epoch),
+                         int(self.state.window), int(self.state.step))
+        self.train_step = make_train_step(self.model, self.optimizer, self.state, cfg.clip)
+        self.evaluator = Evaluator(self.model)
+        tb = os.path.join(cfg.model_dir, "tb")
+        self.tb_dir = tb
+        self.writers = {k: tf.summary.create_file_writer(os.path.join(tb, k))
+                        for k in ("train", "valid")}
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self):
+        reporting.write_json(self.history_path, self.history)
+        self.manager.save(checkpoint_number=int(self.state.step))
+
+    # -- the loop ------------------------------------------------------------------------
+    def train(self) -> str:
+        """Trains until an epoch, step or time bound; returns why it stopped."""
+        cfg, st = self.cfg, self.state
+        start = time.perf_counter()
+        profile = cfg.profile_range()
+        profiling = False
+        try:
+            while int(st.epoch) < cfg.max_epochs:
+                if cfg.max_steps and int(st.step) >= cfg.max_steps:
+                    return "max_steps"
+                epoch = int(st.epoch)
+                self.optimizer.learning_rate.assign(float(st.lr))
+                if int(st.window) == 0:
+                    st.reset_hidden()
+                ids = self.corpus.ids["train"]
+                kw = dict(seed=cfg.seed, epoch=epoch, variable=cfg.variable_bptt,
+                          max_len=cfg.bptt_max_len)
+                total = bptt.num_windows(len(ids), cfg.batch_size, cfg.bptt, **kw)
+                data = bptt.bptt_dataset(ids, cfg.batch_size, cfg.bptt,
+                                         start_window=int(st.window), **kw)
+                print(f"Epoch {epoch + 1}/{cfg.max_epochs}", flush=True)
+                bar = progress_bar(total, int(st.window))
+                losses, norms, tokens, t0 = [], [], 0, time.perf_counter()
+                for x, y in data:
+                    step = int(st.step)
+                    if profile and step == profile[0]:
+                        tf.profiler.experimental.start(self.tb_dir)
+                        profiling = True
+                    loss, norm = self.train_step(x, y)
+                    losses.append(float(loss))
+                    norms.append(float(norm))
+                    tokens += int(tf.size(y))
+                    st.step.assign_add(1)
+                    st.window.assign_add(1)
+                    step += 1
+                    if profiling and step >= profile[1]:
+                        tf.profiler.experimental.stop()
+                        profiling = False
+                    stop = self._stop_reason(start)
+                    if step % cfg.log_every == 0 or stop or int(st.window) == total:
+                        self._log(losses, norms, tokens, time.perf_counter() - t0, bar)
+                        losses, norms, tokens, t0 = [], [], 0, time.perf_counter()
+                    if stop:
+                        self.save()
+                        return stop
+                    if step % cfg.checkpoint_every == 0:
+                        self.save()
+                self._end_epoch()
+            return "max_epochs"
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            if profiling:
+                tf.profiler.experimental.stop()
+
+    def _stop_reason(self, start):
+        cfg = self.cfg
+        if cfg.max_steps and int(self.state.step) >= cfg.max_steps:
+            return "max_steps"
+        if cfg.time_budget_min and time.perf_counter() - start > 60 * cfg.time_budget_min:
+            return "time_budget"
+        return None
+
+    def _log(self, losses, norms, tokens, seconds, bar):
+        st, step = self.state, int(self.state.step)
+        st.train_seconds.assign_add(seconds)
+        st.train_tokens.assign_add(tokens)
+        loss = float(np.mean(losses))
+        rate = tokens / max(seconds, 1e-9)
+        self.history.append({"step": step, "epoch": int(st.epoch), "train_loss": loss,
+                             "train_ppl": perplexity(loss), "lr": float(st.lr),
+                             "tokens_per_s": rate})
+        with self.writers["train"].as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("perplexity", perplexity(loss))
+            tf.summary.scalar("learning_rate", float(st.lr))
+            tf.summary.scalar("grad_norm", float(np.mean(norms)))
+            tf.summary.scalar("tokens_per_s", rate)
+        bar.update(int(st.window), [("loss", loss), ("ppl", perplexity(loss)), ("tok/s", rate),
+                                    ("lr", float(st.lr))])
+
+
+    def validate(self) -> dict:
+        cfg = self.cfg
+        return self.evaluator.evaluate(self.corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
+
+    def _end_epoch(self):
+        st, cfg = self.state, self.cfg
+        result = self.validate()
+        step = int(st.step)
+        with self.writers["valid"].as_default(step=step):
+            tf.summary.scalar("loss", result["nll"])
+            tf.summary.scalar("perplexity", result["ppl"])
+        improved = result["nll"] < float(st.best_val_nll)
+        if improved:
+            st.best_val_nll.assign(result["nll"])
+            self.best.save(checkpoint_number=step)
+        else:
+            st.lr.assign(float(st.lr) / cfg.lr_decay)
+        self.history.append({"step": step, "epoch": int(st.epoch) + 1, "val_loss": result["nll"],
+                             "val_ppl": result["ppl"], "lr": float(st.lr)})
+        print(f"| end of epoch {int(st.epoch) + 1} | valid ppl {result['ppl']:.2f} | "
+              f"{'best so far' if improved else f'lr -> {float(st.lr):g}'} | "
+              f"{result['seconds']:.0f}s", flush=True)
+        st.epoch.assign_add(1)
+        st.window.assign(0)
+        self.save()
+
+    # -- final evaluation ----------------------------------------------------------------
+    def evaluate_best(self) -> dict:
+        """Validation and test metrics of the best weights (the last ones if never validated)."""
+        cfg = self.cfg
+        weights = "last"
+        if self.best.latest_checkpoint:
+            tf.train.Checkpoint(model=self.model).restore(
+                self.best.latest_checkpoint).assert_existing_objects_matched()
+            weights = "best"
+        valid = self.validate()
+        test = self.evaluator.evaluate(self.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
+        return {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
+                "test_ppl": test["ppl"], "test_nll": test["nll"], "valid_eval": valid,
+                "test_eval": test}
+
+
+def train(cfg, corpus: Corpus | None = None) -> dict:
+    """Trains (or resumes), evaluates the best weights, writes results.json and the plot."""
+    start = time.perf_counter()
+    trainer = Trainer(cfg, corpus)
+    stopped = trainer.train()
+    metrics = trainer.evaluate_best()
+    st = trainer.state
+    plot = reporting.plot_loss_curve(trainer.history, os.path.join(cfg.model_dir, "loss_curve.png"),
+                                     f"{cfg.model} on {cfg.dataset}")
+    metrics.update({
+        "stopped": stopped, "epochs_completed": int(st.epoch), "steps": int(st.step),
+        "train_tokens": int(st.train_tokens), "train_seconds": float(st.train_seconds),
+        "train_tokens_per_s": int(st.train_tokens) / max(float(st.train_seconds), 1e-9),
+        "wall_seconds_this_run": time.perf_counter() - start,
+        "num_parameters": int(sum(np.prod(v.shape) for v in trainer.model.trainable_variables)),
+        "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
+        "history": "history.json",
+    })
+    path = reporting.write_results(cfg.model_dir, cfg, metrics)
+    print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "
+          f"test ppl {metrics['test_ppl']:.2f} | {path}", flush=True)
+    return metrics
+
+
+def evaluate(cfg) -> dict:
+    """`--mode=evaluate`: metrics of the best (else latest) weights in `model_dir`."""
+    trainer = Trainer(cfg)
+    metrics = trainer.evaluate_best()
+    reporting.write_json(os.path.join(cfg.model_dir, "eval_results.json"),
+                         {**metrics, "versions": reporting.versions()})
+    print(f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}", flush=True)
+    return metrics
