@@ -73,3 +73,9 @@ def test_resume_continues_exactly_where_it_stopped(tiny_corpus, tmp_path, split_
     for a, b in zip(_weights(straight), _weights(resumed)):
         np.testing.assert_array_equal(a, b)
     assert float(resumed.state.lr) == float(straight.state.lr)
+
+
+def test_profile_steps_write_a_trace_for_the_tensorboard_profile_tab(tiny_corpus, tmp_path):
+    train(tiny_cfg(tmp_path / "run", max_steps=6, profile_steps="2,4"), tiny_corpus)
+    traces = list((tmp_path / "run" / "tb" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
