@@ -24,7 +24,7 @@ def main(argv):
     cfg = config.from_flags(FLAGS)
     try:
         {"train": training.train, "evaluate": training.evaluate}[FLAGS.mode](cfg)
-    except DataError as e:
+    except (DataError, training.RunError) as e:
         sys.exit(f"error: {e}")
 
 

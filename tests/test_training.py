@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfawd.config import LMConfig
-from tfawd.training import Trainer, train
+from tfawd.training import RunError, Trainer, evaluate, train
 
 
 def tiny_cfg(model_dir, **kw):
@@ -79,3 +79,14 @@ def test_profile_steps_write_a_trace_for_the_tensorboard_profile_tab(tiny_corpus
     train(tiny_cfg(tmp_path / "run", max_steps=6, profile_steps="2,4"), tiny_corpus)
     traces = list((tmp_path / "run" / "tb" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+def test_resuming_with_other_shapes_is_refused_naming_the_flags(tiny_corpus, tmp_path):
+    train(tiny_cfg(tmp_path / "run", max_steps=2), tiny_corpus)
+    with pytest.raises(RunError, match=r"--nhid=16 \(now 32\)"):
+        Trainer(tiny_cfg(tmp_path / "run", nhid=32, emsize=32), tiny_corpus)
+
+
+def test_evaluate_without_a_checkpoint_says_to_train_first(tmp_path):
+    with pytest.raises(RunError, match="no checkpoint in --model_dir"):
+        evaluate(tiny_cfg(tmp_path / "empty"))

@@ -28,6 +28,29 @@ from tfawd.losses import clip_gradients, perplexity, token_nll
 from tfawd.models import build_model, rng_variables
 
 
+class RunError(RuntimeError):
+    """A problem with the run's folder or flags, with a message naming the fix."""
+
+
+# Flags a checkpoint cannot be resumed under a different value of.
+RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size")
+
+
+def check_resumable(cfg, model_dir: str) -> None:
+    """Refuses to reuse a model_dir trained with other shapes; records the flags otherwise."""
+    path = os.path.join(model_dir, "flags.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        diff = [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in RESUME_FIXED
+                if k in saved and saved[k] != getattr(cfg, k)]
+        if diff:
+            raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
+                           f"use those flags to resume it, or a new --model_dir")
+    else:
+        reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
+
+
 class LogLines:
     """Progbar's interface as plain log lines, for output that is not a terminal."""
 
@@ -98,13 +121,14 @@ class Trainer:
     def __init__(self, cfg, corpus: Corpus | None = None):
         self.cfg = cfg
         os.makedirs(cfg.model_dir, exist_ok=True)
+        check_resumable(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
         vocab_path = os.path.join(cfg.model_dir, "vocab.txt")
         vocab = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
         if corpus is None:
             corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab)
         elif vocab is not None and vocab.words != corpus.vocab.words:
-            raise ValueError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
+            raise RunError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
         corpus.vocab.save(vocab_path)
         self.corpus = corpus
         self.model = build_model(cfg, len(corpus.vocab))
@@ -289,6 +313,9 @@ def train(cfg, corpus: Corpus | None = None) -> dict:
 
 def evaluate(cfg) -> dict:
     """`--mode=evaluate`: metrics of the best (else latest) weights in `model_dir`."""
+    if not tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "ckpt")):
+        raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
+                       f"(--mode=train) or point --model_dir at a trained run")
     trainer = Trainer(cfg)
     metrics = trainer.evaluate_best()
     reporting.write_json(os.path.join(cfg.model_dir, "eval_results.json"),
