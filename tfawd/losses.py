@@ -33,3 +33,16 @@ def clip_gradients(grads, clip_norm: float):
     if clip_norm:
         return tf.clip_by_global_norm(grads, clip_norm)
     return grads, tf.linalg.global_norm(grads)
+
+
+def activation_regularization(dropped_last, alpha: float):
+    """AR (Merity et al. 2017, section 4.6): alpha * mean(m * h_t)^2 over the last layer's
+    output after its (locked) dropout, [B, T, H]; penalises large activations."""
+    return alpha * tf.reduce_mean(tf.square(tf.cast(dropped_last, tf.float32)))
+
+
+def temporal_activation_regularization(raw_last, beta: float):
+    """TAR (section 4.6): beta * mean(h_t - h_{t+1})^2 over the last layer's raw output
+    [B, T, H] (before dropout); penalises fast-changing hidden states."""
+    raw = tf.cast(raw_last, tf.float32)
+    return beta * tf.reduce_mean(tf.square(raw[:, 1:] - raw[:, :-1]))

@@ -7,6 +7,8 @@ carries the state across the windows of the BPTT stream, so the same model serve
 import keras
 import tensorflow as tf
 
+from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
+
 
 @keras.saving.register_keras_serializable("tfawd")
 class LstmLanguageModel(keras.Model):
@@ -66,9 +68,64 @@ class LstmLanguageModel(keras.Model):
                 "tie_weights": self.tie_weights}
 
 
+@keras.saving.register_keras_serializable("tfawd")
+class AwdLstmModel(keras.Model):
+    """AWD-LSTM (Merity, Keskar & Socher 2017): embedding dropout (dropoute) -> locked
+    dropout (dropouti) -> weight-dropped LSTMs emsize->nhid->...->emsize with locked dropout
+    between them (dropouth) and on the output (dropout) -> decoder tied to the embedding.
+
+    `call(..., return_activations=True)` also returns the last layer's raw and dropped
+    outputs, which AR and TAR (section 4.6) penalise.
+    """
+
+    def __init__(self, vocab_size, emsize=400, nhid=1150, nlayers=3, dropout=0.4,
+                 dropouth=0.2, dropouti=0.65, dropoute=0.1, wdrop=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.emsize, self.nhid, self.nlayers = vocab_size, emsize, nhid, nlayers
+        self.rates = dict(dropout=dropout, dropouth=dropouth, dropouti=dropouti,
+                          dropoute=dropoute, wdrop=wdrop)
+        self.embedding = EmbeddingDropout(
+            vocab_size, emsize, dropout=dropoute, name="embedding",
+            embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
+        self.input_dropout = LockedDropout(dropouti, name="dropouti")
+        self.sizes = [nhid] * (nlayers - 1) + [emsize]  # the last layer matches the tied decoder
+        self.rnns = [WeightDropLSTM(n, wdrop, name=f"lstm_{i}") for i, n in enumerate(self.sizes)]
+        self.hidden_dropouts = [LockedDropout(dropouth, name=f"dropouth_{i}")
+                                for i in range(nlayers - 1)]
+        self.output_dropout = LockedDropout(dropout, name="dropout")
+
+    def build(self, input_shape=None):
+        self.decoder_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
+                                            name="decoder_bias")
+        self.built = True
+
+    def initial_state(self, batch_size):
+        return [(tf.zeros([batch_size, n]), tf.zeros([batch_size, n])) for n in self.sizes]
+
+    def call(self, inputs, states, training=False, return_activations=False):
+        h = self.input_dropout(self.embedding(inputs, training=training), training=training)
+        new_states = []
+        for i, (rnn, (h0, c0)) in enumerate(zip(self.rnns, states)):
+            raw, h_t, c_t = rnn(h, initial_state=(h0, c0), training=training)
+            new_states.append((h_t, c_t))
+            drop = self.hidden_dropouts[i] if i < self.nlayers - 1 else self.output_dropout
+            h = drop(raw, training=training)
+        logits = tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.decoder_bias
+        if return_activations:
+            return logits, new_states, {"raw_last": raw, "dropped_last": h}
+        return logits, new_states
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "emsize": self.emsize,
+                "nhid": self.nhid, "nlayers": self.nlayers, **self.rates}
+
+
 def build_model(cfg, vocab_size: int) -> keras.Model:
     """The model named by `cfg.model`, built (its weights created)."""
-    if cfg.model == "lstm":
+    if cfg.model == "awd_lstm":
+        model = AwdLstmModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
+                             cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop)
+    elif cfg.model == "lstm":
         model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
                                   cfg.tie_weights)
     else:

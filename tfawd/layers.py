@@ -1,0 +1,137 @@
+"""The AWD-LSTM regularisers as Keras layers (Merity, Keskar & Socher 2017, arXiv:1708.02182).
+
+Each layer is one idea of the paper, usable on its own (also in `model.fit`), identity at
+inference (`training=False`) and serialisable (`get_config` round-trips):
+
+- `LockedDropout` (section 4.2, variational dropout): one mask per sequence and feature,
+  shared by all time steps.
+- `EmbeddingDropout` (section 4.3): drops whole words, i.e. rows of the embedding matrix.
+- `WeightDropLSTM` (section 2, weight-dropped LSTM): DropConnect on the hidden-to-hidden
+  matrix, one mask per call, shared by every time step of that call.
+"""
+import math
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class LockedDropout(keras.layers.Dropout):
+    """Variational dropout on [batch, time, features]: a Bernoulli(1 - rate) mask of shape
+    [batch, 1, features], scaled by 1 / (1 - rate), reused at every time step (section 4.2)."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        kwargs.pop("noise_shape", None)
+        super().__init__(rate, noise_shape=(None, 1, None), seed=seed, **kwargs)
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class EmbeddingDropout(keras.layers.Embedding):
+    """An embedding whose rows (words) are dropped with probability `dropout` during
+    training, the kept rows scaled by 1 / (1 - dropout): every occurrence of a dropped word in
+    the batch embeds to zero (section 4.3). Scaling the looked-up vectors by the looked-up
+    row mask is the same as looking up in the masked matrix, without a vocab-sized product."""
+
+    def __init__(self, input_dim, output_dim, dropout=0.0, seed=None, **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.dropout = dropout
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        outputs = super().call(inputs)
+        if not training or self.dropout == 0:
+            return outputs
+        rows = keras.random.dropout(tf.ones([self.input_dim, 1], outputs.dtype), self.dropout,
+                                    seed=self.seed_generator)
+        return outputs * tf.gather(rows, tf.cast(inputs, tf.int32))
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout, "seed": self.seed}
+
+
+def _gpu_available() -> bool:
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class WeightDropLSTM(keras.layers.Layer):
+    """An LSTM layer with DropConnect on its hidden-to-hidden matrix U (section 2).
+
+    Gates (i, f, g, o) = x W + h U' + b, with U' = U * mask / (1 - p): the mask is drawn
+    once per call (per batch) and shared by every time step of the window, so the recurrent
+    connections are regularised without touching the fused recurrence. `weight_dropout=0`
+    makes it a plain LSTM. Weights start uniform in +-1/sqrt(units), as PyTorch's nn.LSTM
+    (the reference code's) does.
+
+    The computation is laid out for speed: the input projections of all time steps are one
+    matmul, then a lean `tf.while_loop` applies h U' per step. On a GPU the dropped U' is
+    handed to the fused cuDNN kernel instead, as the reference hands it to cuDNN.
+
+    call(inputs [B, T, D], initial_state=(h, c) or None, training) ->
+        (outputs [B, T, units], h_T, c_T)
+    """
+
+    def __init__(self, units, weight_dropout=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= weight_dropout < 1:
+            raise ValueError(f"weight_dropout must be in [0, 1), got {weight_dropout}")
+        self.units = units
+        self.weight_dropout = weight_dropout
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        init = keras.initializers.RandomUniform(-1 / math.sqrt(self.units),
+                                                1 / math.sqrt(self.units))
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units), initializer=init,
+                                      name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units),
+                                                initializer=init, name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(4 * self.units,), initializer=init, name="bias")
+
+    def dropped_recurrent_kernel(self, training=False):
+        """U' for this call: U with DropConnect applied when training."""
+        kernel = tf.convert_to_tensor(self.recurrent_kernel)
+        if not training or self.weight_dropout == 0:
+            return kernel
+        return keras.random.dropout(kernel, self.weight_dropout, seed=self.seed_generator)
+
+    def call(self, inputs, initial_state=None, training=False):
+        batch = tf.shape(inputs)[0]
+        if initial_state is None:
+            zeros = tf.zeros([batch, self.units], self.compute_dtype)
+            initial_state = (zeros, zeros)
+        h0, c0 = initial_state
+        recurrent = self.dropped_recurrent_kernel(training)
+        if _gpu_available():
+            from keras.src import backend  # Keras' cuDNN LSTM entry point
+            try:
+                _, outputs, (h, c) = backend.lstm(
+                    inputs, h0, c0, None, self.kernel, recurrent, self.bias,
+                    activation=tf.tanh, recurrent_activation=tf.sigmoid, return_sequences=True)
+                return outputs, h, c
+            except NotImplementedError:
+                pass
+        return self._loop(inputs, h0, c0, recurrent)
+
+    def _loop(self, inputs, h0, c0, recurrent):
+        """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U')."""
+        projected = tf.einsum("btd,dg->tbg", inputs, self.kernel) + self.bias  # time-major
+        steps = tf.shape(projected)[0]
+        xs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
+        hs = tf.TensorArray(projected.dtype, size=steps)
+
+        def step(t, h, c, hs):
+            i, f, g, o = tf.split(xs.read(t) + tf.matmul(h, recurrent), 4, axis=-1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            return t + 1, h, c, hs.write(t, h)
+
+        _, h, c, hs = tf.while_loop(lambda t, *_: t < steps, step,
+                                    (tf.constant(0), h0, c0, hs))
+        return tf.transpose(hs.stack(), [1, 0, 2]), h, c
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "weight_dropout": self.weight_dropout, "seed": self.seed}
