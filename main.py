@@ -9,8 +9,9 @@ from absl import app, flags
 
 from tfawd import config
 
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate"],
                   "train: train (or resume) then evaluate the best weights; "
+                  "finetune: restart averaged SGD from the best weights (AWD-LSTM); "
                   "evaluate: valid/test perplexity of the weights in --model_dir.")
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -23,7 +24,9 @@ def main(argv):
     from pipelines.corpus_files import DataError
     cfg = config.from_flags(FLAGS)
     try:
-        {"train": training.train, "evaluate": training.evaluate}[FLAGS.mode](cfg)
+        modes = {"train": training.train, "finetune": training.finetune,
+                 "evaluate": training.evaluate}
+        modes[FLAGS.mode](cfg)
     except (DataError, training.RunError) as e:
         sys.exit(f"error: {e}")
 

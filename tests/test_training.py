@@ -90,3 +90,21 @@ def test_resuming_with_other_shapes_is_refused_naming_the_flags(tiny_corpus, tmp
 def test_evaluate_without_a_checkpoint_says_to_train_first(tmp_path):
     with pytest.raises(RunError, match="no checkpoint in --model_dir"):
         evaluate(tiny_cfg(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("model", ["lstm", "awd_lstm"])
+def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
+        tiny_corpus, tmp_path, model):
+    """Re-evaluating the saved best weights gives exactly the score they were saved with,
+    even after training moved on (the checkpoint must hold every layer, including the LSTMs
+    kept in a Python list)."""
+    extra = dict(model="awd_lstm", emsize=16, nhid=16) if model == "awd_lstm" else {}
+    trainer = Trainer(tiny_cfg(tmp_path / "run", max_epochs=2, **extra), tiny_corpus)
+    trainer.train()
+    best = float(trainer.state.best_val_nll)
+    names = {n for n, _ in tf.train.list_variables(trainer.best.latest_checkpoint)}
+    assert sum(n.startswith("variables/") for n in names) == len(trainer.model.variables)
+    trainer.cfg.max_epochs, trainer.cfg.max_steps = 3, int(trainer.state.step) + 10
+    trainer.train()  # 10 more steps, no validation: the live weights drift from the best
+    assert trainer.validate()["nll"] != pytest.approx(best, rel=1e-6)
+    assert trainer.evaluate_best()["val_nll"] == pytest.approx(best, rel=1e-6)

@@ -9,7 +9,8 @@ from absl import flags
 
 from pipelines.corpus_files import CORPORA, default_data_dir
 
-MODELS = ("lstm",)
+MODELS = ("lstm", "awd_lstm")
+OPTIMIZERS = ("sgd", "ntasgd")
 
 
 def _f(default, help_text, choices=None):
@@ -29,9 +30,16 @@ class LMConfig:
     emsize: int = _f(650, "Word embedding size.")
     nhid: int = _f(650, "Hidden units per LSTM layer.")
     nlayers: int = _f(2, "Number of LSTM layers.")
-    dropout: float = _f(0.5, "Dropout on the embedding output, between layers and on the output.")
-    tie_weights: bool = _f(False, "Share the embedding matrix with the output layer "
-                                  "(needs nhid == emsize).")
+    dropout: float = _f(0.5, "lstm: dropout on the embedding output, between layers and on the "
+                             "output. awd_lstm: locked dropout on the last layer's output.")
+    tie_weights: bool = _f(False, "lstm: share the embedding matrix with the output layer "
+                                  "(needs nhid == emsize). awd_lstm is always tied.")
+    dropouth: float = _f(0.2, "awd_lstm: locked dropout between LSTM layers.")
+    dropouti: float = _f(0.65, "awd_lstm: locked dropout on the embedding output.")
+    dropoute: float = _f(0.1, "awd_lstm: embedding dropout (whole words).")
+    wdrop: float = _f(0.5, "awd_lstm: DropConnect on the hidden-to-hidden matrices.")
+    alpha: float = _f(0.0, "AR: alpha * mean(dropped last-layer output^2) (AWD-LSTM 4.6).")
+    beta: float = _f(0.0, "TAR: beta * mean(raw last-layer output[t+1] - output[t])^2.")
     # Stream
     batch_size: int = _f(20, "Training batch size (number of contiguous stream columns).")
     eval_batch_size: int = _f(10, "Validation batch size (the reference uses 10).")
@@ -40,8 +48,14 @@ class LMConfig:
     variable_bptt: bool = _f(False, "Draw each window length as in AWD-LSTM section 4.1.")
     bptt_max_len: int = _f(0, "Cap on drawn window lengths (0: no cap).")
     # Optimisation
-    lr: float = _f(20.0, "SGD learning rate.")
-    lr_decay: float = _f(4.0, "Divide the learning rate by this when validation does not improve.")
+    optimizer: str = _f("sgd", "sgd: SGD, lr divided by --lr_decay when validation does not "
+                               "improve. ntasgd: NT-ASGD (AWD-LSTM section 3).", choices=OPTIMIZERS)
+    lr: float = _f(20.0, "SGD learning rate (scaled by T/bptt per window with --variable_bptt).")
+    lr_decay: float = _f(4.0, "sgd: divide the learning rate by this when validation does not "
+                              "improve (1: never).")
+    wdecay: float = _f(0.0, "L2 weight decay.")
+    nonmono: int = _f(5, "ntasgd: switch to averaging when validation is worse than the best "
+                         "of all checks but the last nonmono.")
     clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
     seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
     # Run bounds and outputs
@@ -62,9 +76,9 @@ class LMConfig:
 
 
 POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_batch_size",
-            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every")
-NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min")
-PROBABILITIES = ("dropout",)
+            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono")
+NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "alpha", "beta", "wdecay")
+PROBABILITIES = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 
 
 def _valid_profile_steps(value):
@@ -98,6 +112,8 @@ def define_flags(fv=flags.FLAGS):
     for name in PROBABILITIES:
         flags.register_validator(name, lambda v: 0 <= v < 1, f"--{name} must be in [0, 1)",
                                  flag_values=fv)
+    flags.register_validator("lr_decay", lambda v: v >= 1, "--lr_decay must be >= 1",
+                             flag_values=fv)
     flags.register_validator("profile_steps", _valid_profile_steps,
                              "--profile_steps must be START,END with 0 <= START < END",
                              flag_values=fv)

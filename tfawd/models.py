@@ -48,18 +48,21 @@ class LstmLanguageModel(keras.Model):
         z = tf.zeros([batch_size, self.nhid])
         return [(z, z) for _ in range(self.nlayers)]
 
-    def call(self, inputs, states, training=False):
-        """inputs [B, T] int ids, states [(h, c)] * nlayers -> logits [B, T, V], new states."""
+    def call(self, inputs, states, training=False, return_activations=False):
+        """inputs [B, T] int ids, states [(h, c)] * nlayers -> logits [B, T, V], new states
+        (and with `return_activations` the last layer's raw and dropped outputs)."""
         h = self.dropouts[0](self.embedding(inputs), training=training)
         new_states = []
         for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
-            h, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
+            raw, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
             new_states.append((h_t, c_t))
-            h = drop(h, training=training)
+            h = drop(raw, training=training)
         if self.tie_weights:
             logits = tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.decoder_bias
         else:
             logits = self.decoder(h)
+        if return_activations:
+            return logits, new_states, {"raw_last": raw, "dropped_last": h}
         return logits, new_states
 
     def get_config(self):
@@ -134,6 +137,11 @@ def build_model(cfg, vocab_size: int) -> keras.Model:
     return model
 
 
-def rng_variables(model: keras.Model):
-    """The dropout RNG state variables, which `tf.train.Checkpoint(model=...)` does not track."""
-    return [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
+    """A checkpoint of all of the model's state: weights and dropout RNG, in
+    `model.variables` order.
+
+    `tf.train.Checkpoint(model=model)` is not enough with Keras 3: layers kept in a Python
+    list (`self.rnns = [...]`) are not tracked by it and would be silently left out.
+    """
+    return tf.train.Checkpoint(variables=[v.value for v in model.variables])

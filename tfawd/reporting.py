@@ -5,6 +5,7 @@ import os
 import platform
 import sys
 
+import keras
 import matplotlib
 
 matplotlib.use("Agg")
@@ -58,3 +59,24 @@ def plot_loss_curve(history: list, path: str, title: str = "") -> str:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class LogLines:
+    """Progbar's interface as plain log lines, for output that is not a terminal."""
+
+    def __init__(self, total):
+        self.total = total
+
+    def update(self, current, values=()):
+        info = " - ".join(f"{k}: {v:.4g}" for k, v in values)
+        print(f"{current}/{self.total} - {info}", flush=True)
+
+
+def progress_bar(total: int, current: int):
+    """A Keras progress bar on a terminal, log lines otherwise (Progbar assumes a terminal)."""
+    if not sys.stdout.isatty():
+        return LogLines(total)
+    bar = keras.utils.Progbar(total, stateful_metrics=["loss", "ppl", "tok/s", "lr"])
+    if current:
+        bar.update(current)
+    return bar

@@ -9,10 +9,12 @@ Everything a run needs to continue exactly is in the checkpoint: weights, optimi
 window within the epoch, global step, learning rate, best validation loss, the carried LSTM
 state and the dropout RNG state. Re-running with the same `--model_dir` resumes from it.
 """
+import contextlib
+import dataclasses
 import json
 import logging
 import os
-import sys
+import shutil
 import time
 
 import keras
@@ -23,9 +25,12 @@ from pipelines import bptt
 from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
 from tfawd import reporting
+from tfawd.reporting import progress_bar
 from tfawd.evaluation import Evaluator
-from tfawd.losses import clip_gradients, perplexity, token_nll
-from tfawd.models import build_model, rng_variables
+from tfawd.losses import (activation_regularization, clip_gradients, perplexity,
+                          temporal_activation_regularization, token_nll)
+from tfawd.models import build_model, weights_checkpoint
+from tfawd.optimizers import NTASGD, nonmonotone_trigger
 
 
 class RunError(RuntimeError):
@@ -51,27 +56,6 @@ def check_resumable(cfg, model_dir: str) -> None:
         reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
 
 
-class LogLines:
-    """Progbar's interface as plain log lines, for output that is not a terminal."""
-
-    def __init__(self, total):
-        self.total = total
-
-    def update(self, current, values=()):
-        info = " - ".join(f"{k}: {v:.4g}" for k, v in values)
-        print(f"{current}/{self.total} - {info}", flush=True)
-
-
-def progress_bar(total: int, current: int):
-    """A Keras progress bar on a terminal, log lines otherwise (Progbar assumes a terminal)."""
-    if not sys.stdout.isatty():
-        return LogLines(total)
-    bar = keras.utils.Progbar(total, stateful_metrics=["loss", "ppl", "tok/s", "lr"])
-    if current:
-        bar.update(current)
-    return bar
-
-
 class RunState(tf.Module):
     """Counters and carried tensors that a checkpoint must hold besides weights/optimizer."""
 
@@ -93,19 +77,43 @@ class RunState(tf.Module):
                 v.assign(tf.zeros_like(v))
 
 
-def make_train_step(model, optimizer, state: RunState, clip: float):
-    """The compiled training step: (inputs [B, T], targets [B, T]) -> (loss, grad norm)."""
+def make_optimizer(cfg):
+    """sgd: Keras SGD (its weight decay equals coupled L2 for plain SGD); ntasgd: NT-ASGD."""
+    if cfg.optimizer == "ntasgd":
+        return NTASGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay)
+    return keras.optimizers.SGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay or None)
+
+
+def make_train_step(model, optimizer, state: RunState, cfg):
+    """The compiled training step: (inputs [B, T], targets [B, T]) -> (loss, grad norm).
+
+    loss = cross-entropy + AR + TAR (AWD-LSTM 4.6); the reported loss is the cross-entropy.
+    With variable-length windows the learning rate is scaled by T / bptt (section 4.1) so
+    that short windows do not take as large a step as full ones.
+    """
     batch_size = state.hidden[0][0].shape[0]
     spec = tf.TensorSpec([batch_size, None], tf.int32)
+    regularize = bool(cfg.alpha or cfg.beta)
 
     @tf.function(input_signature=[spec, spec])
     def train_step(x, y):
+        scale = tf.cast(tf.shape(x)[1], tf.float32) / cfg.bptt if cfg.variable_bptt else 1.0
+        optimizer.learning_rate.assign(tf.cast(state.lr, tf.float32) * scale)
         states = [tuple(v.read_value() for v in layer) for layer in state.hidden]
         with tf.GradientTape() as tape:
-            logits, new_states = model(x, states, training=True)
+            if regularize:
+                logits, new_states, acts = model(x, states, training=True,
+                                                 return_activations=True)
+            else:
+                logits, new_states = model(x, states, training=True)
             loss = tf.reduce_mean(token_nll(logits, y))
-        grads = tape.gradient(loss, model.trainable_variables)
-        grads, norm = clip_gradients(grads, clip)
+            total = loss
+            if cfg.alpha:
+                total += activation_regularization(acts["dropped_last"], cfg.alpha)
+            if cfg.beta:
+                total += temporal_activation_regularization(acts["raw_last"], cfg.beta)
+        grads = tape.gradient(total, model.trainable_variables)
+        grads, norm = clip_gradients(grads, cfg.clip)
         optimizer.apply(grads, model.trainable_variables)
         for layer_vars, layer_values in zip(state.hidden, new_states):
             for v, value in zip(layer_vars, layer_values):
@@ -118,8 +126,11 @@ def make_train_step(model, optimizer, state: RunState, clip: float):
 class Trainer:
     """Owns the model, optimizer, checkpoints and logs of one `model_dir`."""
 
-    def __init__(self, cfg, corpus: Corpus | None = None):
+    def __init__(self, cfg, corpus: Corpus | None = None, init_from: str | None = None):
+        """`init_from`: a weights checkpoint to fine-tune from when `model_dir` has none yet;
+        the run then averages from its first step (the reference's finetune.py)."""
         self.cfg = cfg
+        self.finetuning = init_from is not None
         os.makedirs(cfg.model_dir, exist_ok=True)
         check_resumable(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
@@ -132,29 +143,44 @@ class Trainer:
         corpus.vocab.save(vocab_path)
         self.corpus = corpus
         self.model = build_model(cfg, len(corpus.vocab))
-        self.optimizer = keras.optimizers.SGD(learning_rate=cfg.lr)
+        self.evaluator = Evaluator(self.model)
+        self.optimizer = make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
         self.state = RunState(self.model, cfg.batch_size, cfg.lr)
-        ckpt = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, run=self.state,
-                                   rng=rng_variables(self.model))
+        ckpt = tf.train.Checkpoint(model=weights_checkpoint(self.model),
+                                   optimizer=self.optimizer, run=self.state)
         self.manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, "ckpt"), 2)
-        self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
+        self.best = tf.train.CheckpointManager(weights_checkpoint(self.model),
                                                os.path.join(cfg.model_dir, "best"), 1)
         self.history_path = os.path.join(cfg.model_dir, "history.json")
         self.history = []
         if self.manager.latest_checkpoint:
-            ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            ckpt.restore(self.manager.latest_checkpoint).assert_consumed()
             with open(self.history_path) as f:
                 self.history = json.load(f)
             logging.info("Resumed from %s: epoch %d, window %d, step %d",
                          self.manager.latest_checkpoint, int(self.state.epoch),
                          int(self.state.window), int(self.state.step))
-        self.train_step = make_train_step(self.model, self.optimizer, self.state, cfg.clip)
-        self.evaluator = Evaluator(self.model)
+        if init_from and not self.manager.latest_checkpoint:
+            self._start_finetuning(init_from)
+        self.train_step = make_train_step(self.model, self.optimizer, self.state, cfg)
         tb = os.path.join(cfg.model_dir, "tb")
         self.tb_dir = tb
         self.writers = {k: tf.summary.create_file_writer(os.path.join(tb, k))
                         for k in ("train", "valid")}
+
+    def _start_finetuning(self, init_from):
+        """Loads the trained weights, restarts averaging, and scores them as the best so far,
+        so fine-tuning only ever replaces them with better ones."""
+        weights_checkpoint(self.model).restore(init_from).assert_consumed()
+        self.optimizer.switch_to_averaging()
+        result = self.validate()
+        self.state.best_val_nll.assign(result["nll"])
+        self.best.save(checkpoint_number=0)
+        self.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
+                             "val_ppl": result["ppl"], "lr": float(self.state.lr),
+                             "averaged": True, "event": f"loaded {init_from}"})
+        print(f"| fine-tuning {init_from} | valid ppl {result['ppl']:.2f}", flush=True)
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self):
@@ -173,7 +199,6 @@ class Trainer:
                 if cfg.max_steps and int(st.step) >= cfg.max_steps:
                     return "max_steps"
                 epoch = int(st.epoch)
-                self.optimizer.learning_rate.assign(float(st.lr))
                 if int(st.window) == 0:
                     st.reset_hidden()
                 ids = self.corpus.ids["train"]
@@ -209,7 +234,8 @@ class Trainer:
                         return stop
                     if step % cfg.checkpoint_every == 0:
                         self.save()
-                self._end_epoch()
+                if self._end_epoch():
+                    return "converged"
             return "max_epochs"
         except KeyboardInterrupt:
             self.save()
@@ -249,27 +275,53 @@ class Trainer:
         cfg = self.cfg
         return self.evaluator.evaluate(self.corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
 
-    def _end_epoch(self):
+    @property
+    def averaging(self) -> bool:
+        return isinstance(self.optimizer, NTASGD) and self.optimizer.is_averaging
+
+    def averaged_weights(self):
+        """Context in which the model holds NT-ASGD's averaged weights (if averaging)."""
+        if isinstance(self.optimizer, NTASGD):
+            return self.optimizer.averaged_weights()
+        return contextlib.nullcontext()
+
+    def _end_epoch(self) -> bool:
+        """Validates (averaged weights once NT-ASGD averages), keeps the best weights, and
+        applies the schedule: NT-ASGD's switch, or SGD's lr decay. True when fine-tuning has
+        converged (the non-monotone condition on the averaged checks)."""
         st, cfg = self.state, self.cfg
-        result = self.validate()
-        step = int(st.step)
+        averaged = self.averaging
+        # The non-monotone rule compares with the earlier checks of the same kind.
+        earlier = [h["val_loss"] for h in self.history
+                   if "val_loss" in h and h.get("averaged", False) == averaged]
+        with self.averaged_weights():
+            result = self.validate()
+            improved = result["nll"] < float(st.best_val_nll)
+            if improved:
+                st.best_val_nll.assign(result["nll"])
+                self.best.save(checkpoint_number=int(st.step))
+        step, event = int(st.step), "best so far" if improved else ""
+        triggered = nonmonotone_trigger(earlier, result["nll"], cfg.nonmono)
+        converged = averaged and self.finetuning and triggered
+        if cfg.optimizer == "ntasgd" and not averaged and triggered:
+            self.optimizer.switch_to_averaging()
+            event = "switched to averaged SGD"
+        elif cfg.optimizer == "sgd" and not improved and cfg.lr_decay > 1:
+            st.lr.assign(float(st.lr) / cfg.lr_decay)
+            event = f"lr -> {float(st.lr):g}"
         with self.writers["valid"].as_default(step=step):
             tf.summary.scalar("loss", result["nll"])
             tf.summary.scalar("perplexity", result["ppl"])
-        improved = result["nll"] < float(st.best_val_nll)
-        if improved:
-            st.best_val_nll.assign(result["nll"])
-            self.best.save(checkpoint_number=step)
-        else:
-            st.lr.assign(float(st.lr) / cfg.lr_decay)
         self.history.append({"step": step, "epoch": int(st.epoch) + 1, "val_loss": result["nll"],
-                             "val_ppl": result["ppl"], "lr": float(st.lr)})
-        print(f"| end of epoch {int(st.epoch) + 1} | valid ppl {result['ppl']:.2f} | "
-              f"{'best so far' if improved else f'lr -> {float(st.lr):g}'} | "
+                             "val_ppl": result["ppl"], "lr": float(st.lr), "averaged": averaged,
+                             "event": event})
+        print(f"| end of epoch {int(st.epoch) + 1} | valid ppl {result['ppl']:.2f}"
+              f"{' (averaged)' if averaged else ''} | {event or 'no improvement'} | "
               f"{result['seconds']:.0f}s", flush=True)
         st.epoch.assign_add(1)
         st.window.assign(0)
         self.save()
+        return converged
 
     # -- final evaluation ----------------------------------------------------------------
     def evaluate_best(self) -> dict:
@@ -277,8 +329,7 @@ class Trainer:
         cfg = self.cfg
         weights = "last"
         if self.best.latest_checkpoint:
-            tf.train.Checkpoint(model=self.model).restore(
-                self.best.latest_checkpoint).assert_existing_objects_matched()
+            self.best.checkpoint.restore(self.best.latest_checkpoint).assert_consumed()
             weights = "best"
         valid = self.validate()
         test = self.evaluator.evaluate(self.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
@@ -289,8 +340,28 @@ class Trainer:
 
 def train(cfg, corpus: Corpus | None = None) -> dict:
     """Trains (or resumes), evaluates the best weights, writes results.json and the plot."""
+    return _run(cfg, corpus)
+
+
+def finetune(cfg, corpus: Corpus | None = None) -> dict:
+    """`--mode=finetune`: from the best weights in `model_dir`, averaged SGD again until the
+    non-monotone condition fires on the averaged validation checks (the reference's
+    finetune.py); runs in `<model_dir>/finetune`, keeps the better model there."""
+    parent = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "best"))
+    if not parent:
+        raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
+    child = dataclasses.replace(cfg, model_dir=os.path.join(cfg.model_dir, "finetune"),
+                                optimizer="ntasgd")
+    os.makedirs(child.model_dir, exist_ok=True)
+    vocab = os.path.join(cfg.model_dir, "vocab.txt")
+    if os.path.exists(vocab):
+        shutil.copy(vocab, os.path.join(child.model_dir, "vocab.txt"))
+    return _run(child, corpus, init_from=parent)
+
+
+def _run(cfg, corpus, init_from=None) -> dict:
     start = time.perf_counter()
-    trainer = Trainer(cfg, corpus)
+    trainer = Trainer(cfg, corpus, init_from)
     stopped = trainer.train()
     metrics = trainer.evaluate_best()
     st = trainer.state

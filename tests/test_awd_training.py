@@ -1,0 +1,93 @@
+"""AWD-LSTM in the training loop: the model, AR/TAR in the step, per-window lr scaling, the
+NT-ASGD schedule at epoch ends, and fine-tuning."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.test_training import tiny_cfg
+from tfawd.models import AwdLstmModel
+from tfawd.training import Trainer, finetune, train
+
+
+def awd_cfg(model_dir, **kw):
+    base = dict(model="awd_lstm", emsize=8, nhid=12, nlayers=3, dropout=0.1, dropouth=0.1,
+                dropouti=0.1, dropoute=0.05, wdrop=0.2, alpha=2.0, beta=1.0, wdecay=1.2e-6,
+                optimizer="ntasgd", nonmono=2, lr=5.0, lr_decay=1.0)
+    base.update(kw)
+    return tiny_cfg(model_dir, **base)
+
+
+def test_awd_model_is_tied_and_shaped_as_the_paper():
+    model = AwdLstmModel(50, emsize=8, nhid=12, nlayers=3)
+    logits, states, acts = model(tf.zeros([2, 5], tf.int32), model.initial_state(2),
+                                 return_activations=True)
+    assert logits.shape == (2, 5, 50)
+    assert [s[0].shape[-1] for s in states] == [12, 12, 8]  # last layer = embedding size
+    assert acts["raw_last"].shape == acts["dropped_last"].shape == (2, 5, 8)
+    names = [v.path for v in model.trainable_variables]
+    assert not any("decoder" in n and "bias" not in n for n in names)  # no separate matrix
+    with tf.GradientTape() as tape:  # the decoder's gradient reaches the embedding matrix
+        logits, _ = model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
+        loss = logits[0, 0, 7]
+    grad = tf.convert_to_tensor(tape.gradient(loss, model.embedding.embeddings))
+    assert float(tf.norm(grad[7])) > 0
+
+
+def test_ar_and_tar_enter_the_gradient(tiny_corpus, tmp_path):
+    x = tf.constant(tiny_corpus.ids["train"][:4 * 8].reshape(4, 8))
+    y = tf.constant(tiny_corpus.ids["train"][1:4 * 8 + 1].reshape(4, 8))
+    weights = []
+    for i, (alpha, beta) in enumerate([(0.0, 0.0), (50.0, 0.0), (0.0, 50.0)]):
+        t = Trainer(awd_cfg(tmp_path / str(i), alpha=alpha, beta=beta, seed=1), tiny_corpus)
+        t.train_step(x, y)
+        weights.append(t.model.rnns[-1].kernel.numpy())
+    assert not np.allclose(weights[0], weights[1]) and not np.allclose(weights[0], weights[2])
+
+
+@pytest.mark.parametrize("variable, length, expected", [(True, 4, 2.5), (True, 8, 5.0),
+                                                        (False, 4, 5.0)])
+def test_learning_rate_is_scaled_by_window_length(tiny_corpus, tmp_path, variable, length,
+                                                  expected):
+    t = Trainer(awd_cfg(tmp_path / "run", bptt=8, lr=5.0, variable_bptt=variable), tiny_corpus)
+    ids = tiny_corpus.ids["train"]
+    t.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
+                 tf.constant(ids[1:4 * length + 1].reshape(4, length)))
+    assert float(t.optimizer.learning_rate) == pytest.approx(expected)
+    assert float(t.state.lr) == 5.0  # the base rate is untouched
+
+
+def test_ntasgd_schedule_switches_by_the_rule_and_then_validates_averaged(tiny_corpus, tmp_path,
+                                                                         monkeypatch):
+    t = Trainer(awd_cfg(tmp_path / "run", nonmono=2), tiny_corpus)
+    scripted = iter([5.0, 4.0, 3.0, 3.5, 4.5, 4.6, 2.0])
+    seen = []
+
+    def validate():
+        seen.append(t.averaging)
+        nll = next(scripted)
+        return {"nll": nll, "ppl": float(np.exp(nll)), "seconds": 0.0}
+
+    monkeypatch.setattr(t, "validate", validate)
+    for _ in range(7):
+        t._end_epoch()
+    # check 5 (4.5) is worse than min(5.0, 4.0), the best but the last 2 -> switch after it
+    assert seen == [False] * 5 + [True] * 2
+    events = [h["event"] for h in t.history]
+    assert events[4] == "switched to averaged SGD" and events.count("switched to averaged SGD") == 1
+    assert float(t.state.lr) == 5.0  # NT-ASGD never anneals
+    assert float(t.state.best_val_nll) == 2.0
+
+
+def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):
+    sizes = dict(emsize=16, nhid=32, lr=30.0, nonmono=1)
+    trained = train(awd_cfg(tmp_path / "run", max_epochs=3, **sizes), tiny_corpus)
+    assert trained["val_ppl"] < 28  # uniform is 31
+    tuned = finetune(awd_cfg(tmp_path / "run", max_epochs=4, **sizes), tiny_corpus)
+    assert tuned["val_ppl"] <= trained["val_ppl"] * (1 + 1e-6)
+    results = json.load(open(tmp_path / "run" / "finetune" / "results.json"))
+    assert results["flags"]["optimizer"] == "ntasgd"
+    history = json.load(open(tmp_path / "run" / "finetune" / "history.json"))
+    assert all(h["averaged"] for h in history if "val_loss" in h)
+    assert results["stopped"] in ("converged", "max_epochs")
