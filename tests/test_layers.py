@@ -80,7 +80,7 @@ def _inputs(batch=3, steps=7, dim=5, units=4, seed=0):
 
 def test_weight_drop_lstm_without_dropout_is_a_plain_lstm():
     x, h0, c0 = _inputs()
-    layer = WeightDropLSTM(4, weight_dropout=0.0)
+    layer = WeightDropLSTM(4, weight_dropout=0.0, return_state=True)
     out, h, c = layer(x, initial_state=(h0, c0), training=True)
     ref = numpy_lstm(x, h0, c0, layer.kernel.numpy(), layer.recurrent_kernel.numpy(),
                      layer.bias.numpy())
@@ -90,7 +90,7 @@ def test_weight_drop_lstm_without_dropout_is_a_plain_lstm():
 
 def test_weight_drop_lstm_uses_one_mask_for_every_time_step_of_a_call():
     x, h0, c0 = _inputs(steps=12)
-    layer = WeightDropLSTM(4, weight_dropout=0.5, seed=7)
+    layer = WeightDropLSTM(4, weight_dropout=0.5, return_state=True, seed=7)
     layer.build(x.shape)
     state = layer.seed_generator.state.numpy()
     out, _, _ = layer(x, initial_state=(h0, c0), training=True)
@@ -105,7 +105,7 @@ def test_weight_drop_lstm_uses_one_mask_for_every_time_step_of_a_call():
 
 
 def test_weight_drop_masks_differ_between_calls_and_vanish_at_inference():
-    layer = WeightDropLSTM(32, weight_dropout=0.5, seed=8)
+    layer = WeightDropLSTM(32, weight_dropout=0.5, return_state=True, seed=8)
     layer.build((None, None, 8))
     a = layer.dropped_recurrent_kernel(training=True).numpy()
     b = layer.dropped_recurrent_kernel(training=True).numpy()
@@ -119,7 +119,7 @@ def test_weight_drop_masks_differ_between_calls_and_vanish_at_inference():
 
 
 def test_weight_drop_lstm_runs_in_a_tf_function_with_free_length_and_has_gradients():
-    layer = WeightDropLSTM(6, weight_dropout=0.3, seed=9)
+    layer = WeightDropLSTM(6, weight_dropout=0.3, return_state=True, seed=9)
     layer.build((2, None, 3))
 
     @tf.function(input_signature=[tf.TensorSpec([2, None, 3])])
@@ -153,3 +153,23 @@ def test_ar_and_tar_on_a_hand_computed_example():
     assert float(activation_regularization(dropped, 2.0)) == pytest.approx(8.0)
     # TAR: diffs (1,-2), (2,1) -> squares 1,4,4,1 -> mean 2.5, times beta = 1
     assert float(temporal_activation_regularization(raw, 1.0)) == pytest.approx(2.5)
+
+
+def test_the_layers_train_in_plain_model_fit():
+    """Each regulariser is an ordinary Keras layer: a Sequential of them compiles and fits."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(64, 10))
+    y = (x + 1) % 20  # predict the successor
+    model = keras.Sequential([
+        keras.Input((None,), dtype="int32"),
+        EmbeddingDropout(20, 16, dropout=0.1, seed=1),
+        LockedDropout(0.2, seed=2),
+        WeightDropLSTM(32, weight_dropout=0.3, seed=3),
+        LockedDropout(0.2, seed=4),
+        keras.layers.Dense(20),
+    ])
+    model.compile(keras.optimizers.Adam(0.02),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, epochs=15, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    assert model.predict(x[:2], verbose=0).shape == (2, 10, 20)

@@ -46,6 +46,9 @@ class EmbeddingDropout(keras.layers.Embedding):
                                     seed=self.seed_generator)
         return outputs * tf.gather(rows, tf.cast(inputs, tf.int32))
 
+    def compute_output_spec(self, inputs, training=False):
+        return super().compute_output_spec(inputs)  # dropout does not change the shape
+
     def get_config(self):
         return {**super().get_config(), "dropout": self.dropout, "seed": self.seed}
 
@@ -68,16 +71,18 @@ class WeightDropLSTM(keras.layers.Layer):
     matmul, then a lean `tf.while_loop` applies h U' per step. On a GPU the dropped U' is
     handed to the fused cuDNN kernel instead, as the reference hands it to cuDNN.
 
-    call(inputs [B, T, D], initial_state=(h, c) or None, training) ->
-        (outputs [B, T, units], h_T, c_T)
+    call(inputs [B, T, D], initial_state=(h, c) or None, training) -> outputs [B, T, units],
+    or (outputs, h_T, c_T) with `return_state=True` (Keras' convention, so the layer also
+    stacks in a `Sequential`).
     """
 
-    def __init__(self, units, weight_dropout=0.0, seed=None, **kwargs):
+    def __init__(self, units, weight_dropout=0.0, return_state=False, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= weight_dropout < 1:
             raise ValueError(f"weight_dropout must be in [0, 1), got {weight_dropout}")
         self.units = units
         self.weight_dropout = weight_dropout
+        self.return_state = return_state
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -110,10 +115,11 @@ class WeightDropLSTM(keras.layers.Layer):
                 _, outputs, (h, c) = backend.lstm(
                     inputs, h0, c0, None, self.kernel, recurrent, self.bias,
                     activation=tf.tanh, recurrent_activation=tf.sigmoid, return_sequences=True)
-                return outputs, h, c
+                return (outputs, h, c) if self.return_state else outputs
             except NotImplementedError:
                 pass
-        return self._loop(inputs, h0, c0, recurrent)
+        outputs, h, c = self._loop(inputs, h0, c0, recurrent)
+        return (outputs, h, c) if self.return_state else outputs
 
     def _loop(self, inputs, h0, c0, recurrent):
         """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U')."""
@@ -134,4 +140,5 @@ class WeightDropLSTM(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
-                "weight_dropout": self.weight_dropout, "seed": self.seed}
+                "weight_dropout": self.weight_dropout, "return_state": self.return_state,
+                "seed": self.seed}

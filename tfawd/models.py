@@ -92,7 +92,8 @@ class AwdLstmModel(keras.Model):
             embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
         self.input_dropout = LockedDropout(dropouti, name="dropouti")
         self.sizes = [nhid] * (nlayers - 1) + [emsize]  # the last layer matches the tied decoder
-        self.rnns = [WeightDropLSTM(n, wdrop, name=f"lstm_{i}") for i, n in enumerate(self.sizes)]
+        self.rnns = [WeightDropLSTM(n, wdrop, return_state=True, name=f"lstm_{i}")
+                     for i, n in enumerate(self.sizes)]
         self.hidden_dropouts = [LockedDropout(dropouth, name=f"dropouth_{i}")
                                 for i in range(nlayers - 1)]
         self.output_dropout = LockedDropout(dropout, name="dropout")
