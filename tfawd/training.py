@@ -1,9 +1,12 @@
 """Training a language model on the BPTT stream, resumable at any checkpoint.
 
-One `tf.function` step: forward over a window from the carried state, mean cross-entropy,
-gradients, global-norm clipping, SGD update, new state stored (no gradient flows across
-windows). Each epoch ends with validation; the learning rate is divided by `lr_decay` when
-validation does not improve, and the best weights are kept in `<model_dir>/best`.
+One `tf.function` step: forward over a window from the carried state, cross-entropy (+ AR and
+TAR), gradients, global-norm clipping, optimizer update, new state stored (no gradient flows
+across windows). Each epoch ends with validation and the schedule: with `--optimizer=sgd` the
+learning rate is divided by `lr_decay` when validation does not improve; with `ntasgd` the
+non-monotone trigger switches to averaged SGD, whose averaged weights are then the ones
+validated and kept. The best weights are kept in `<model_dir>/best`; `finetune` restarts
+averaging from them (AWD-LSTM's finetune.py).
 
 Everything a run needs to continue exactly is in the checkpoint: weights, optimizer, epoch,
 window within the epoch, global step, learning rate, best validation loss, the carried LSTM
@@ -164,9 +167,8 @@ class Trainer:
         if init_from and not self.manager.latest_checkpoint:
             self._start_finetuning(init_from)
         self.train_step = make_train_step(self.model, self.optimizer, self.state, cfg)
-        tb = os.path.join(cfg.model_dir, "tb")
-        self.tb_dir = tb
-        self.writers = {k: tf.summary.create_file_writer(os.path.join(tb, k))
+        self.tb_dir = os.path.join(cfg.model_dir, "tb")
+        self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
                         for k in ("train", "valid")}
 
     def _start_finetuning(self, init_from):
@@ -179,7 +181,7 @@ class Trainer:
         self.best.save(checkpoint_number=0)
         self.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
                              "val_ppl": result["ppl"], "lr": float(self.state.lr),
-                             "averaged": True, "event": f"loaded {init_from}"})
+                             "averaged": True, "initial": True, "event": f"loaded {init_from}"})
         print(f"| fine-tuning {init_from} | valid ppl {result['ppl']:.2f}", flush=True)
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -291,9 +293,10 @@ class Trainer:
         converged (the non-monotone condition on the averaged checks)."""
         st, cfg = self.state, self.cfg
         averaged = self.averaging
-        # The non-monotone rule compares with the earlier checks of the same kind.
-        earlier = [h["val_loss"] for h in self.history
-                   if "val_loss" in h and h.get("averaged", False) == averaged]
+        # The non-monotone rule compares with the earlier checks of the same kind (as the
+        # reference, fine-tuning does not count the score of the weights it started from).
+        earlier = [h["val_loss"] for h in self.history if "val_loss" in h
+                   and h.get("averaged", False) == averaged and not h.get("initial")]
         with self.averaged_weights():
             result = self.validate()
             improved = result["nll"] < float(st.best_val_nll)
