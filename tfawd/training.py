@@ -45,7 +45,7 @@ RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", 
 
 
 def check_resumable(cfg, model_dir: str) -> None:
-    """Refuses to reuse a model_dir trained with other shapes; records the flags otherwise."""
+    """Refuses to reuse a model_dir trained with other shapes (see `record_shapes`)."""
     path = os.path.join(model_dir, "flags.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -55,7 +55,11 @@ def check_resumable(cfg, model_dir: str) -> None:
         if diff:
             raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
                            f"use those flags to resume it, or a new --model_dir")
-    else:
+
+
+def record_shapes(cfg, model_dir: str) -> None:
+    path = os.path.join(model_dir, "flags.json")
+    if not os.path.exists(path):
         reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
 
 
@@ -134,7 +138,6 @@ class Trainer:
         the run then averages from its first step (the reference's finetune.py)."""
         self.cfg = cfg
         self.finetuning = init_from is not None
-        os.makedirs(cfg.model_dir, exist_ok=True)
         check_resumable(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
         vocab_path = os.path.join(cfg.model_dir, "vocab.txt")
@@ -143,6 +146,8 @@ class Trainer:
             corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab)
         elif vocab is not None and vocab.words != corpus.vocab.words:
             raise RunError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
+        os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
+        record_shapes(cfg, cfg.model_dir)
         corpus.vocab.save(vocab_path)
         self.corpus = corpus
         self.model = build_model(cfg, len(corpus.vocab))
