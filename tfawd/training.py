@@ -179,7 +179,7 @@ class Trainer:
     def _start_finetuning(self, init_from):
         """Loads the trained weights, restarts averaging, and scores them as the best so far,
         so fine-tuning only ever replaces them with better ones."""
-        weights_checkpoint(self.model).restore(init_from).assert_consumed()
+        self.best.checkpoint.restore(init_from).assert_consumed()
         self.optimizer.switch_to_averaging()
         result = self.validate()
         self.state.best_val_nll.assign(result["nll"])
