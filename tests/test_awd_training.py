@@ -2,6 +2,7 @@
 NT-ASGD schedule at epoch ends, and fine-tuning."""
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -91,3 +92,38 @@ def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):
     history = json.load(open(tmp_path / "run" / "finetune" / "history.json"))
     assert all(h["averaged"] for h in history if "val_loss" in h)
     assert results["stopped"] in ("converged", "max_epochs")
+
+
+def test_steps_are_traced_once_whatever_the_window_lengths(tiny_corpus, tmp_path):
+    """Variable-length BPTT must not retrace the training or evaluation step per length."""
+    from tfawd.evaluation import Evaluator
+    t = Trainer(awd_cfg(tmp_path / "run", bptt=8), tiny_corpus)
+    ids = tiny_corpus.ids["train"]
+    for length in (3, 8, 11, 5):
+        t.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
+                     tf.constant(ids[1:4 * length + 1].reshape(4, length)))
+    assert t.train_step.experimental_get_tracing_count() == 1
+    evaluator = Evaluator(t.model)
+    for bptt in (3, 7):
+        evaluator.evaluate(tiny_corpus.ids["valid"], batch_size=2, bptt=bptt)
+    assert evaluator._step(2).experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("model", ["awd_lstm", "lstm"])
+def test_mixed_bfloat16_keeps_float32_weights_state_and_loss(tiny_corpus, tmp_path, model):
+    from tfawd.models import build_model
+    kw = dict(model=model, emsize=8, nhid=8 if model == "lstm" else 12)
+    fp32 = build_model(awd_cfg(tmp_path / "a", **kw), 30)
+    bf16 = build_model(awd_cfg(tmp_path / "b", precision="mixed_bfloat16", **kw), 30)
+    assert all(v.dtype == "float32" for v in bf16.trainable_variables)
+    assert bf16.rnns[0].compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left alone
+    for a, b in zip(fp32.variables, bf16.variables):
+        b.assign(a)
+    x = tf.constant(tiny_corpus.ids["train"][:4 * 6].reshape(4, 6))
+    (l32, s32), (l16, s16) = (m(x, m.initial_state(4)) for m in (fp32, bf16))
+    assert all(t.dtype == tf.float32 for layer in s16 for t in layer)
+    np.testing.assert_allclose(tf.cast(l16, tf.float32), l32, atol=0.05)
+    t = Trainer(awd_cfg(tmp_path / "run", precision="mixed_bfloat16", **kw), tiny_corpus)
+    loss, norm = t.train_step(x, tf.constant(tiny_corpus.ids["train"][1:4 * 6 + 1].reshape(4, 6)))
+    assert loss.dtype == tf.float32 and np.isfinite(float(loss)) and np.isfinite(float(norm))

@@ -40,6 +40,10 @@ class LMConfig:
     wdrop: float = _f(0.5, "awd_lstm: DropConnect on the hidden-to-hidden matrices.")
     alpha: float = _f(0.0, "AR: alpha * mean(dropped last-layer output^2) (AWD-LSTM 4.6).")
     beta: float = _f(0.0, "TAR: beta * mean(raw last-layer output[t+1] - output[t])^2.")
+    precision: str = _f("float32", "float32, or mixed_bfloat16: bf16 matmuls with float32 weights, "
+                                   "softmax, loss and carried state. Pays off only on CPUs with bf16 "
+                                   "units (AMX / AVX512_BF16); elsewhere bf16 is emulated and slower.",
+                        choices=("float32", "mixed_bfloat16"))
     # Stream
     batch_size: int = _f(20, "Training batch size (number of contiguous stream columns).")
     eval_batch_size: int = _f(10, "Validation batch size (the reference uses 10).")

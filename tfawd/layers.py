@@ -107,8 +107,8 @@ class WeightDropLSTM(keras.layers.Layer):
         if initial_state is None:
             zeros = tf.zeros([batch, self.units], self.compute_dtype)
             initial_state = (zeros, zeros)
-        h0, c0 = initial_state
-        recurrent = self.dropped_recurrent_kernel(training)
+        h0, c0 = (tf.cast(s, self.compute_dtype) for s in initial_state)
+        recurrent = tf.cast(self.dropped_recurrent_kernel(training), self.compute_dtype)
         if _gpu_available():
             from keras.src import backend  # Keras' cuDNN LSTM entry point
             try:
@@ -123,7 +123,8 @@ class WeightDropLSTM(keras.layers.Layer):
 
     def _loop(self, inputs, h0, c0, recurrent):
         """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U')."""
-        projected = tf.einsum("btd,dg->tbg", inputs, self.kernel) + self.bias  # time-major
+        kernel, bias = (tf.cast(w, self.compute_dtype) for w in (self.kernel, self.bias))
+        projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
         steps = tf.shape(projected)[0]
         xs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
         hs = tf.TensorArray(projected.dtype, size=steps)

@@ -10,6 +10,18 @@ import tensorflow as tf
 from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
 
 
+def tied_logits(h, embeddings, bias):
+    """Weight tying (Inan et al. 2017; Press & Wolf 2017): the decoder is the embedding
+    matrix transposed, plus a bias; computed in h's precision."""
+    return (tf.matmul(h, tf.cast(embeddings, h.dtype), transpose_b=True)
+            + tf.cast(bias, h.dtype))
+
+
+def _carried(h, c):
+    """The state carried to the next window, float32 whatever the compute precision."""
+    return tf.cast(h, tf.float32), tf.cast(c, tf.float32)
+
+
 @keras.saving.register_keras_serializable("tfawd")
 class LstmLanguageModel(keras.Model):
     """Embedding -> dropout -> `nlayers` LSTMs (dropout between) -> dropout -> dense softmax.
@@ -55,10 +67,10 @@ class LstmLanguageModel(keras.Model):
         new_states = []
         for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
             raw, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
-            new_states.append((h_t, c_t))
+            new_states.append(_carried(h_t, c_t))
             h = drop(raw, training=training)
         if self.tie_weights:
-            logits = tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.decoder_bias
+            logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
         else:
             logits = self.decoder(h)
         if return_activations:
@@ -111,10 +123,10 @@ class AwdLstmModel(keras.Model):
         new_states = []
         for i, (rnn, (h0, c0)) in enumerate(zip(self.rnns, states)):
             raw, h_t, c_t = rnn(h, initial_state=(h0, c0), training=training)
-            new_states.append((h_t, c_t))
+            new_states.append(_carried(h_t, c_t))
             drop = self.hidden_dropouts[i] if i < self.nlayers - 1 else self.output_dropout
             h = drop(raw, training=training)
-        logits = tf.matmul(h, self.embedding.embeddings, transpose_b=True) + self.decoder_bias
+        logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
         if return_activations:
             return logits, new_states, {"raw_last": raw, "dropped_last": h}
         return logits, new_states
@@ -125,15 +137,21 @@ class AwdLstmModel(keras.Model):
 
 
 def build_model(cfg, vocab_size: int) -> keras.Model:
-    """The model named by `cfg.model`, built (its weights created)."""
-    if cfg.model == "awd_lstm":
-        model = AwdLstmModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
-                             cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop)
-    elif cfg.model == "lstm":
-        model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
-                                  cfg.tie_weights)
-    else:
-        raise ValueError(f"unknown --model {cfg.model!r}")
+    """The model named by `cfg.model`, built (its weights created), its layers computing in
+    `cfg.precision` (a Keras dtype policy; weights stay float32)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.precision)
+    try:
+        if cfg.model == "awd_lstm":
+            model = AwdLstmModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
+                                 cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop)
+        elif cfg.model == "lstm":
+            model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers,
+                                      cfg.dropout, cfg.tie_weights)
+        else:
+            raise ValueError(f"unknown --model {cfg.model!r}")
+    finally:
+        keras.config.set_dtype_policy(previous)
     model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
     return model
 

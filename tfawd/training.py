@@ -99,7 +99,9 @@ def make_train_step(model, optimizer, state: RunState, cfg):
     that short windows do not take as large a step as full ones.
     """
     batch_size = state.hidden[0][0].shape[0]
-    spec = tf.TensorSpec([batch_size, None], tf.int32)
+    spec = tf.TensorSpec([batch_size, None], tf.int32)  # any window length: traced once
+    if not optimizer.built:  # variables created inside the first call would force a retrace
+        optimizer.build(model.trainable_variables)
     regularize = bool(cfg.alpha or cfg.beta)
 
     @tf.function(input_signature=[spec, spec])

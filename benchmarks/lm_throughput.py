@@ -1,0 +1,204 @@
+"""Training throughput of tfawd's language model against the PyTorch reference, side by side.
+
+Runs the training step `main.py` uses (`training.make_train_step`, real WikiText-2 BPTT
+stream) for the model of a flagfile, and, when torch is importable, the reference training
+step (../shared/bench/torch_awd_reference.py) with the same sizes, alternating A/B/A/B so both
+see the same machine load. Prints one JSON object with the tokens/s of each round, the median
+ratio, the analytic training FLOPs per token, this machine's matmul peak for the precision
+(measured in the same run) and the fraction of it achieved, evaluation tokens/s (batch 10
+and 1), the tf.data stream's tokens/s alone, and how many times the step was traced.
+
+  python benchmarks/lm_throughput.py --config=configs/awd_lstm_wt2.cfg --steps=20
+  python benchmarks/lm_throughput.py --config=configs/awd_lstm_wt2.cfg --precision=mixed_bfloat16
+
+Any model flag of main.py overrides the config (e.g. --batch_size=20). Needs torch for the
+reference (`pip install torch==2.13.0`; not a project dependency).
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from tfawd import config  # noqa: E402
+
+flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps before the first round (tracing, caches).")
+flags.DEFINE_integer("rounds", 2, "A/B rounds (tfawd, then reference, per round).")
+flags.DEFINE_integer("eval_tokens_per_row", 2000,
+                     "Validation tokens per batch row scored for evaluation tokens/s.")
+flags.DEFINE_bool("reference", True, "Also time the PyTorch reference (skipped without torch).")
+flags.DEFINE_string("reference_script", os.path.join(REPO, "..", "shared", "bench",
+                                                     "torch_awd_reference.py"),
+                    "The reference training script.")
+flags.DEFINE_string("out", None, "Also write the JSON here.")
+config.define_flags()
+FLAGS = flags.FLAGS
+
+
+def machine() -> dict:
+    """CPU model, cores and whether it has bf16 matrix units (AMX / AVX512_BF16)."""
+    info = {"cpu": platform.processor(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines()
+                           if l.startswith("model name"))
+        cpu_flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split())
+        info["bf16_units"] = sorted(cpu_flags & {"amx_bf16", "avx512_bf16"})
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
+    """GFLOP/s of an n x n x n matmul in `dtype_name` (the machine's practical peak)."""
+    import tensorflow as tf
+    dtype = tf.bfloat16 if "bfloat16" in dtype_name else tf.float32
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    matmul = tf.function(lambda a: tf.matmul(a, a))
+    matmul(a).numpy()
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = matmul(a)
+    out.numpy()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def training_flops_per_token(cfg, vocab_size: int) -> int:
+    """Matmul FLOPs of one training token: 3x the forward (forward, grad of inputs, grad of
+    weights) of every LSTM layer's 4 gates over [input, hidden] and of the tied softmax."""
+    if cfg.model == "awd_lstm":
+        sizes = [cfg.emsize] + [cfg.nhid] * (cfg.nlayers - 1) + [cfg.emsize]
+    else:
+        sizes = [cfg.emsize] + [cfg.nhid] * cfg.nlayers
+    lstm = sum(2 * 4 * out * (inp + out) for inp, out in zip(sizes[:-1], sizes[1:]))
+    return 3 * (lstm + 2 * sizes[-1] * vocab_size)
+
+
+class TfawdStep:
+    """tfawd's training step on the real stream, timed in rounds of `steps` windows."""
+
+    def __init__(self, cfg, corpus):
+        import keras
+        from pipelines.bptt import bptt_dataset
+        from tfawd import models, training
+        keras.utils.set_random_seed(cfg.seed)
+        self.model = models.build_model(cfg, len(corpus.vocab))
+        state = training.RunState(self.model, cfg.batch_size, cfg.lr)
+        self.step = training.make_train_step(self.model, training.make_optimizer(cfg), state, cfg)
+        self.windows = iter(bptt_dataset(corpus.ids["train"], cfg.batch_size, cfg.bptt,
+                                         seed=cfg.seed, variable=cfg.variable_bptt,
+                                         max_len=cfg.bptt_max_len).repeat())
+
+    def run(self, steps: int) -> dict:
+        tokens, start = 0, time.perf_counter()
+        for _ in range(steps):
+            x, y = next(self.windows)
+            loss, _ = self.step(x, y)
+            tokens += int(x.shape[0] * x.shape[1])
+        float(loss)
+        seconds = time.perf_counter() - start
+        return {"tokens_per_s": tokens / seconds, "step_s": seconds / steps}
+
+    def traces(self) -> int:
+        return self.step.experimental_get_tracing_count()
+
+
+def run_reference(cfg, steps: int, warmup: int) -> dict:
+    args = [sys.executable, FLAGS.reference_script,
+            "--data", os.path.join(cfg.data_dir, "wikitext-2"), "--steps", str(steps + warmup),
+            "--warmup", str(warmup), "--log_every", str(10 ** 6), "--seed", str(cfg.seed)]
+    for name in ("emsize", "nhid", "nlayers", "batch_size", "bptt", "lr", "clip", "wdecay",
+                 "dropout", "dropouth", "dropouti", "dropoute", "wdrop", "alpha", "beta"):
+        args += [f"--{name}", str(getattr(cfg, name))]
+    if not cfg.variable_bptt:
+        args.append("--fixed_bptt")
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    summary = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    return {"tokens_per_s": summary["tokens_per_s"]}
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from pipelines import bptt
+    from pipelines.lm_corpus import load_corpus
+    from tfawd.evaluation import Evaluator
+    cfg = config.from_flags(FLAGS)
+    if cfg.model != "awd_lstm":
+        FLAGS.reference = False  # the reference is an AWD-LSTM
+    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    vocab_size = len(corpus.vocab)
+
+    ours = TfawdStep(cfg, corpus)
+    ours.run(FLAGS.warmup)
+    with_reference = FLAGS.reference and torch_available()
+    rounds = []
+    for _ in range(FLAGS.rounds):
+        row = {"tfawd": ours.run(FLAGS.steps)}
+        if with_reference:
+            row["reference"] = run_reference(cfg, FLAGS.steps, FLAGS.warmup)
+            row["ratio"] = row["tfawd"]["tokens_per_s"] / row["reference"]["tokens_per_s"]
+        rounds.append(row)
+
+    evaluator, valid = Evaluator(ours.model), corpus.ids["valid"]
+    for b in (cfg.eval_batch_size, cfg.test_batch_size):  # trace before timing
+        evaluator.evaluate(valid[:2 * b + 1], b, cfg.bptt)
+    evaluation = {f"batch_{b}": evaluator.evaluate(valid[:FLAGS.eval_tokens_per_row * b + 1], b,
+                                                   cfg.bptt)["tokens_per_s"]
+                  for b in (cfg.eval_batch_size, cfg.test_batch_size)}
+
+    tokens, start = 0, time.perf_counter()
+    for x, _ in bptt.bptt_dataset(corpus.ids["train"], cfg.batch_size, cfg.bptt, seed=cfg.seed,
+                                  variable=cfg.variable_bptt):
+        tokens += int(x.shape[0] * x.shape[1])
+    pipeline = tokens / (time.perf_counter() - start)
+
+    flops = training_flops_per_token(cfg, vocab_size)
+    peak = matmul_peak_gflops(cfg.precision)
+    tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
+    result = {
+        "benchmark": "lm_throughput", "config": CONFIG, "precision": cfg.precision,
+        "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
+                                               "batch_size", "bptt", "variable_bptt")},
+        "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": machine(),
+        "rounds": rounds, "tfawd_tokens_per_s": tfawd_median,
+        "train_step_traces": ours.traces(),
+        "training_flops_per_token": flops, "matmul_peak_gflops": peak,
+        "achieved_fraction_of_peak": tfawd_median * flops / (peak * 1e9),
+        "eval_tokens_per_s": evaluation, "pipeline_tokens_per_s": pipeline,
+    }
+    if with_reference:
+        result["reference_tokens_per_s"] = statistics.median(
+            r["reference"]["tokens_per_s"] for r in rounds)
+        result["ratio_median"] = statistics.median(r["ratio"] for r in rounds)
+    elif FLAGS.reference:
+        result["reference_skipped"] = "torch is not importable (pip install torch==2.13.0)"
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    # --config=X is the documented spelling of --flagfile=X.
+    CONFIG = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+    sys.argv = [a.replace("--config=", "--flagfile=", 1) if a.startswith("--config=") else a
+                for a in sys.argv]
+    app.run(main)
