@@ -9,10 +9,15 @@ from absl import app, flags
 
 from tfawd import config
 
-flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate"],
+flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
+                                    "tune_dynamic_eval", "predict", "generate"],
                   "train: train (or resume) then evaluate the best weights; "
                   "finetune: restart averaged SGD from the best weights (AWD-LSTM); "
-                  "evaluate: valid/test perplexity of the weights in --model_dir.")
+                  "evaluate: valid/test perplexity of the weights in --model_dir (with the "
+                  "cache pointer / dynamic evaluation when their flags are set); "
+                  "tune_cache / tune_dynamic_eval: choose their parameters on validation, "
+                  "then score test; predict: next-word scores of --contexts; generate: "
+                  "continue --prompt / --prompts_file.")
 config.define_flags()
 FLAGS = flags.FLAGS
 
@@ -20,14 +25,20 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
-    from tfawd import training
+    from tfawd import eval_modes, training
     from pipelines.corpus_files import DataError
     cfg = config.from_flags(FLAGS)
+    modes = {"train": training.train, "finetune": training.finetune,
+             "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
+             "tune_dynamic_eval": eval_modes.tune_dynamic_eval,
+             "predict": lambda c: eval_modes.predict(c, config.inference_from_flags(FLAGS)),
+             "generate": lambda c: eval_modes.generate(c, config.inference_from_flags(FLAGS))}
+    user_errors = (DataError, training.RunError)
+    if FLAGS.mode in ("predict", "generate"):
+        user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
     try:
-        modes = {"train": training.train, "finetune": training.finetune,
-                 "evaluate": training.evaluate}
         modes[FLAGS.mode](cfg)
-    except (DataError, training.RunError) as e:
+    except user_errors as e:
         sys.exit(f"error: {e}")
 
 

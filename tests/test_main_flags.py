@@ -30,6 +30,10 @@ def test_helpfull_lists_every_flag_with_help():
     (["--profile_steps=10,5"], "--profile_steps must be START,END"),
     (["--tie_weights", "--emsize=10", "--nhid=20"], "--tie_weights needs --nhid equal"),
     (["stray"], "unexpected arguments"),
+    (["--mode=generate", "--top_p=0"], "--top_p must be in (0, 1]"),
+    (["--mode=generate", "--num_tokens=-3"], "--num_tokens must be positive"),
+    (["--mode=generate", "--top_k=-1"], "--top_k must be >= 0"),
+    (["--cache_thetas=0.5,x"], "--cache_thetas must be comma-separated"),
 ])
 def test_bad_values_are_rejected_with_a_one_line_message(args, message):
     result = run_main(*args)

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tfawd.config import LMConfig
-from tfawd.training import RunError, Trainer, evaluate, train
+from tfawd.eval_modes import evaluate
+from tfawd.training import RunError, Trainer, train
 
 
 def tiny_cfg(model_dir, **kw):
@@ -108,3 +109,25 @@ def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
     trainer.train()  # 10 more steps, no validation: the live weights drift from the best
     assert trainer.validate()["nll"] != pytest.approx(best, rel=1e-6)
     assert trainer.evaluate_best()["val_nll"] == pytest.approx(best, rel=1e-6)
+
+
+def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_path):
+    """tune_cache picks theta/lambda on validation only; evaluate with the chosen values and
+    dynamic evaluation records every method beside the plain figures."""
+    from tfawd.eval_modes import tune_cache, tune_dynamic_eval
+    cfg = tiny_cfg(tmp_path / "run", max_epochs=2, cache_window=30, cache_thetas="0.5,1",
+                   cache_lambdas="0,0.2", dynamic_eval_lrs="0,1e-3", dynamic_eval_lambdas="0",
+                   dynamic_eval_grad_batches=5, dynamic_eval_bptt=5)
+    train(cfg, tiny_corpus)
+    tuned = tune_cache(cfg, tiny_corpus)
+    assert len(tuned["valid"]["grid"]) == 4 and len(tuned["test"]["grid"]) == 1
+    assert (tuned["test"]["theta"], tuned["test"]["lambda"]) == (
+        tuned["valid"]["theta"], tuned["valid"]["lambda"])
+    dynamic = tune_dynamic_eval(cfg, tiny_corpus)
+    assert len(dynamic["search"]["grid"]) == 2
+    assert dynamic["test"]["tokens"] == len(tiny_corpus.ids["test"]) - 1
+    metrics = evaluate(cfg, tiny_corpus)
+    results = json.load(open(tmp_path / "run" / "eval_results.json"))
+    assert {"plain", "cache", "dynamic_eval"} <= set(results)
+    assert results["plain"]["test_ppl"] == pytest.approx(metrics["test_ppl"])
+    assert results["cache"]["test"]["base_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)

@@ -62,6 +62,24 @@ class LMConfig:
                          "of all checks but the last nonmono.")
     clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
     seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
+    # Evaluation extras (--mode=evaluate / tune_cache / tune_dynamic_eval)
+    cache_window: int = _f(0, "Continuous cache pointer over this many previous positions "
+                              "(0: off; the paper uses 3785 on WikiText-2).")
+    cache_theta: float = _f(0.662, "Cache pointer: inverse temperature of the dot products.")
+    cache_lambda: float = _f(0.1279, "Cache pointer: weight of the cache in the mixture.")
+    cache_thetas: str = _f("0.3,0.5,0.662,0.8,1.0", "--mode=tune_cache: thetas to try.")
+    cache_lambdas: str = _f("0.05,0.1,0.1279,0.15,0.2,0.3", "--mode=tune_cache: lambdas to try.")
+    dynamic_eval_lr: float = _f(0.0, "Dynamic evaluation learning rate eta (0: off).")
+    dynamic_eval_lambda: float = _f(0.002, "Dynamic evaluation decay toward the trained weights.")
+    dynamic_eval_bptt: int = _f(5, "Dynamic evaluation segment length.")
+    dynamic_eval_grad_batches: int = _f(0, "Training windows (batch 100) for the gradient "
+                                           "statistics of dynamic evaluation (0: all).")
+    dynamic_eval_lrs: str = _f("3e-5,5e-5,1e-4", "--mode=tune_dynamic_eval: learning rates to try "
+                                                  "(scaled by dynamic_eval_bptt / 5).")
+    dynamic_eval_lambdas: str = _f("0.001,0.002,0.005", "--mode=tune_dynamic_eval: decays to try "
+                                                        "(scaled by dynamic_eval_bptt / 5).")
+    dynamic_eval_tune_tokens: int = _f(30000, "--mode=tune_dynamic_eval: validation tokens "
+                                              "used for the search (0: all).")
     # Run bounds and outputs
     max_epochs: int = _f(40, "Stop after this many epochs.")
     max_steps: int = _f(0, "Stop after this many training steps in total (0: no limit).")
@@ -80,8 +98,24 @@ class LMConfig:
 
 
 POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_batch_size",
-            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono")
-NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "alpha", "beta", "wdecay")
+            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono",
+            "dynamic_eval_bptt")
+NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "alpha", "beta", "wdecay",
+                "cache_window", "cache_theta", "dynamic_eval_lr", "dynamic_eval_lambda",
+                "dynamic_eval_tune_tokens", "dynamic_eval_grad_batches")
+FLOAT_LISTS = ("cache_thetas", "cache_lambdas", "dynamic_eval_lrs", "dynamic_eval_lambdas")
+
+
+def float_list(text: str) -> list:
+    """'0.1,0.2' -> [0.1, 0.2]."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _valid_float_list(text):
+    try:
+        return len(float_list(text)) > 0 and all(x >= 0 for x in float_list(text))
+    except ValueError:
+        return False
 PROBABILITIES = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 
 
@@ -95,9 +129,33 @@ def _valid_profile_steps(value):
     return 0 <= start < end
 
 
-def define_flags(fv=flags.FLAGS):
-    """Defines one absl flag per `LMConfig` field, with validators."""
-    for field in dataclasses.fields(LMConfig):
+@dataclasses.dataclass
+class InferenceConfig:
+    """What --mode=predict and --mode=generate read, write and how they decode."""
+    contexts: str = _f("", "predict: a .npy of int ids [B, T] or a text file, one context per "
+                           "line (no <eos> appended).")
+    targets: str = _f("", "predict: optional .npy of the next word ids [B] (or a text file of "
+                          "one word per line): the mean NLL of the prediction is reported.")
+    prompt: str = _f("", "generate: one prompt (text).")
+    prompts_file: str = _f("", "generate: a text file of prompts, one per line.")
+    output: str = _f("", "predict: the scores .npy [B, V]; generate: the continuations, one "
+                         "line per prompt (default: under --model_dir).")
+    num_tokens: int = _f(50, "generate: tokens to generate per prompt.")
+    method: str = _f("sample", "generate: decoding.", choices=("greedy", "sample", "beam"))
+    temperature: float = _f(1.0, "generate (sample): softmax temperature.")
+    top_k: int = _f(0, "generate (sample): keep the k most likely words (0: all).")
+    top_p: float = _f(1.0, "generate (sample): nucleus mass in (0, 1] (1: no filter).")
+    beam_size: int = _f(4, "generate (beam): beams.")
+    sample_seed: int = _f(0, "generate (sample): seed; the same seed gives the same text.")
+    allow_unk: bool = _f(False, "generate: let the model produce <unk>.")
+    allow_eos: bool = _f(True, "generate: let the model end lines (<eos>, kept as the word "
+                               "<eos> so that each continuation stays on one line).")
+    strict: bool = _f(False, "predict/generate: refuse words outside the vocabulary instead of "
+                             "mapping them to <unk>.")
+
+
+def _define(cls, fv):
+    for field in dataclasses.fields(cls):
         name, default, meta = field.name, field.default, field.metadata
         if meta["choices"]:
             flags.DEFINE_enum(name, default, meta["choices"], meta["help"], flag_values=fv)
@@ -109,6 +167,12 @@ def define_flags(fv=flags.FLAGS):
             flags.DEFINE_float(name, default, meta["help"], flag_values=fv)
         else:
             flags.DEFINE_string(name, default, meta["help"], flag_values=fv)
+
+
+def define_flags(fv=flags.FLAGS):
+    """Defines one absl flag per `LMConfig` and `InferenceConfig` field, with validators."""
+    _define(LMConfig, fv)
+    _define(InferenceConfig, fv)
     for name in POSITIVE:
         flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive", flag_values=fv)
     for name in NON_NEGATIVE:
@@ -116,6 +180,18 @@ def define_flags(fv=flags.FLAGS):
     for name in PROBABILITIES:
         flags.register_validator(name, lambda v: 0 <= v < 1, f"--{name} must be in [0, 1)",
                                  flag_values=fv)
+    for name in FLOAT_LISTS:
+        flags.register_validator(name, _valid_float_list,
+                                 f"--{name} must be comma-separated non-negative numbers",
+                                 flag_values=fv)
+    flags.register_validator("cache_lambda", lambda v: 0 <= v <= 1,
+                             "--cache_lambda must be in [0, 1]", flag_values=fv)
+    for name, check, text in (("num_tokens", lambda v: v > 0, "must be positive"),
+                              ("temperature", lambda v: v > 0, "must be positive"),
+                              ("top_k", lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+                              ("top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+                              ("beam_size", lambda v: v >= 1, "must be >= 1")):
+        flags.register_validator(name, check, f"--{name} {text}", flag_values=fv)
     flags.register_validator("lr_decay", lambda v: v >= 1, "--lr_decay must be >= 1",
                              flag_values=fv)
     flags.register_validator("profile_steps", _valid_profile_steps,
@@ -124,6 +200,10 @@ def define_flags(fv=flags.FLAGS):
     flags.register_multi_flags_validator(
         ["tie_weights", "nhid", "emsize"], lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
         "--tie_weights needs --nhid equal to --emsize", flag_values=fv)
+
+
+def inference_from_flags(fv=flags.FLAGS) -> InferenceConfig:
+    return InferenceConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(InferenceConfig)})
 
 
 def from_flags(fv=flags.FLAGS) -> LMConfig:

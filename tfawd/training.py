@@ -391,15 +391,3 @@ def _run(cfg, corpus, init_from=None) -> dict:
           f"test ppl {metrics['test_ppl']:.2f} | {path}", flush=True)
     return metrics
 
-
-def evaluate(cfg) -> dict:
-    """`--mode=evaluate`: metrics of the best (else latest) weights in `model_dir`."""
-    if not tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "ckpt")):
-        raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
-                       f"(--mode=train) or point --model_dir at a trained run")
-    trainer = Trainer(cfg)
-    metrics = trainer.evaluate_best()
-    reporting.write_json(os.path.join(cfg.model_dir, "eval_results.json"),
-                         {**metrics, "versions": reporting.versions()})
-    print(f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}", flush=True)
-    return metrics

@@ -1,0 +1,44 @@
+"""Dynamic evaluation (Krause et al. 2018): exactness at lr 0, adaptation, restoration."""
+import numpy as np
+import pytest
+
+from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
+from tfawd.evaluation import Evaluator
+from tfawd.models import AwdLstmModel
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from tests.conftest import make_tiny_corpus
+    corpus = make_tiny_corpus()
+    model = AwdLstmModel(len(corpus.vocab), emsize=8, nhid=12, nlayers=2)
+    model(np.zeros([1, 1], np.int32), model.initial_state(1))
+    rms = gradient_rms(model, corpus.ids["train"], batch_size=4, bptt=5, max_batches=20)
+    return corpus, model, rms
+
+
+def test_gradient_statistics_cover_every_trainable_weight(setup):
+    _, model, rms = setup
+    assert [r.shape for r in rms] == [tuple(v.shape) for v in model.trainable_variables]
+    assert all(np.all(r >= 0) for r in rms) and all(r.max() > 0 for r in rms)
+
+
+def test_learning_rate_zero_is_exactly_static_evaluation(setup):
+    corpus, model, rms = setup
+    ids = corpus.ids["valid"][:200]
+    dynamic = DynamicEvaluator(model, rms).evaluate(ids, lr=0.0, lam=0.0, bptt=5)
+    static = Evaluator(model).evaluate(ids, batch_size=1, bptt=5)
+    assert dynamic["tokens"] == static["tokens"] == 199
+    assert dynamic["nll"] == pytest.approx(static["nll"], rel=1e-6)
+
+
+def test_adapting_to_a_repetitive_stream_lowers_perplexity_and_weights_are_restored(setup):
+    corpus, model, rms = setup
+    before = [v.numpy() for v in model.trainable_variables]
+    ids = np.tile(np.random.default_rng(0).integers(0, 30, 25), 12).astype(np.int32)
+    evaluator = DynamicEvaluator(model, rms)
+    static = evaluator.evaluate(ids, lr=0.0, lam=0.0, bptt=5)
+    tuned = evaluator.tune(ids, lrs=[1e-3, 1e-2], lambdas=[0.0, 0.02], bptt=5)
+    assert len(tuned["grid"]) == 4 and tuned["ppl"] < 0.8 * static["ppl"]
+    for v, b in zip(model.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)

@@ -1,0 +1,117 @@
+"""Dynamic evaluation (Krause, Kahembwe, Murray & Renals 2018, "Dynamic Evaluation of Neural
+Sequence Models", arXiv:1709.07432), the RMS-normalised variant with decay toward the trained
+weights that gives their best AWD-LSTM results.
+
+The evaluation stream is cut into short segments s_1, s_2, ... (batch 1). Each segment is
+scored with the current weights first, then the weights adapt to it:
+
+    theta <- theta - eta * grad L(s_i) / (RMS_g + eps) + lambda * r (theta_0 - theta),
+
+where RMS_g is the root mean square of each weight's gradient over training data (collected
+once, `gradient_rms`), theta_0 the trained weights, and r = RMS_g / mean(RMS_g) the decay rate
+per weight (its mean over each tensor averaged over tensors is 1), clipped at 1 / lambda so that
+decay never overshoots theta_0. With eta = 0 nothing moves: dynamic evaluation is then exactly
+static evaluation with the same segments.
+"""
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.bptt import bptt_dataset
+from tfawd.losses import perplexity, token_nll
+
+
+def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_batches: int = 0):
+    """RMS over training windows of the gradient of the mean loss, per trainable variable
+    (the statistics the update divides by), with the model's state carried and no dropout."""
+    variables = model.trainable_variables
+    spec = tf.TensorSpec([batch_size, None], tf.int32)
+    state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
+
+    @tf.function(input_signature=[spec, spec, state_spec])
+    def squared_gradients(x, y, states):
+        with tf.GradientTape() as tape:
+            logits, states = model(x, states, training=False)
+            loss = tf.reduce_mean(token_nll(logits, y))
+        grads = tape.gradient(loss, variables)
+        return [tf.square(tf.convert_to_tensor(g)) for g in grads], states
+
+    sums = [np.zeros(v.shape, np.float64) for v in variables]
+    states, count = model.initial_state(batch_size), 0
+    for x, y in bptt_dataset(train_ids, batch_size, bptt, variable=False):
+        squares, states = squared_gradients(x, y, states)
+        for total, sq in zip(sums, squares):
+            total += sq.numpy()
+        count += 1
+        if max_batches and count >= max_batches:
+            break
+    return [np.sqrt(total / count).astype(np.float32) for total in sums]
+
+
+class DynamicEvaluator:
+    """Scores a stream while adapting `model`'s weights segment by segment (see module doc).
+
+    `rms` comes from `gradient_rms`. The trained weights are restored after every
+    `evaluate`, so one evaluator can try several (lr, lambda) pairs.
+    """
+
+    def __init__(self, model, rms, epsilon: float = 2e-5):
+        self.model = model
+        self.variables = model.trainable_variables
+        self.rms = [tf.constant(r) for r in rms]
+        mean_rms = np.mean([float(np.mean(r)) for r in rms])
+        self.decay_rate = [tf.constant(r / mean_rms, tf.float32) for r in rms]
+        self.epsilon = epsilon
+        self._step = None
+
+    def _make_step(self):
+        model, variables = self.model, self.variables
+        spec = tf.TensorSpec([1, None], tf.int32)
+        state_spec = [(tf.TensorSpec([1, None]),) * 2 for _ in model.initial_state(1)]
+        scalar = tf.TensorSpec([], tf.float32)
+
+        @tf.function(input_signature=[spec, spec, state_spec, scalar, scalar] +
+                     [[tf.TensorSpec(v.shape, v.dtype) for v in variables]])
+        def step(x, y, states, lr, lam, trained):
+            with tf.GradientTape() as tape:
+                logits, states = model(x, states, training=False)
+                nll = token_nll(logits, y)
+                loss = tf.reduce_mean(nll)
+            grads = tape.gradient(loss, variables)
+            for v, g, rms, rate, v0 in zip(variables, grads, self.rms, self.decay_rate, trained):
+                rate = tf.minimum(rate, 1.0 / tf.maximum(lam, 1e-12))
+                v.assign_add(lam * rate * (v0 - v)
+                             - lr * tf.convert_to_tensor(g) / (rms + self.epsilon))
+            return tf.reduce_sum(nll), states
+
+        return step
+
+    def evaluate(self, ids, lr: float, lam: float, bptt: int = 5) -> dict:
+        """{'nll', 'ppl', 'tokens', 'seconds', 'tokens_per_s', 'lr', 'lambda', 'bptt'}: every
+        target of `ids` scored once, by the weights adapted to all previous segments."""
+        self._step = self._step or self._make_step()
+        trained = [tf.identity(v) for v in self.variables]
+        start, total, count = time.perf_counter(), 0.0, 0
+        states = self.model.initial_state(1)
+        lr, lam = tf.constant(lr, tf.float32), tf.constant(lam, tf.float32)
+        try:
+            for x, y in bptt_dataset(ids, 1, bptt, variable=False):
+                nll, states = self._step(x, y, states, lr, lam, trained)
+                total += float(nll)
+                count += int(tf.size(y))
+        finally:
+            for v, v0 in zip(self.variables, trained):
+                v.assign(v0)
+        seconds = time.perf_counter() - start
+        mean = total / count
+        return {"nll": mean, "ppl": perplexity(mean), "tokens": count, "seconds": seconds,
+                "tokens_per_s": count / seconds, "lr": float(lr), "lambda": float(lam),
+                "bptt": bptt}
+
+    def tune(self, ids, lrs, lambdas, bptt: int = 5) -> dict:
+        """Grid search of (lr, lambda) on `ids` (validation); the best result plus 'grid'."""
+        grid = [self.evaluate(ids, lr, lam, bptt) for lam in lambdas for lr in lrs]
+        best = min(grid, key=lambda g: g["nll"])
+        return {**best, "grid": [{k: g[k] for k in ("lr", "lambda", "nll", "ppl")}
+                                 for g in grid]}

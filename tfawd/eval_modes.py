@@ -1,0 +1,193 @@
+"""The evaluation modes of main.py, on the best weights of a trained `--model_dir` (the
+averaged ones when NT-ASGD produced them):
+
+- `evaluate`: validation (batch `eval_batch_size`) and test (batch `test_batch_size`)
+  perplexity; with `--cache_window` also with the continuous cache pointer at
+  `--cache_theta`/`--cache_lambda`; with `--dynamic_eval_lr` also with dynamic evaluation.
+- `tune_cache`: grid search of the cache's theta and lambda on validation only, the chosen pair
+  then applied to test.
+- `tune_dynamic_eval`: grid search of dynamic evaluation's lr and lambda on (the start of)
+  validation, the chosen pair then applied to validation and test.
+
+Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
+`dynamic_eval`), leaving the others in place, so the report sees every method's figures.
+"""
+import json
+import os
+
+import tensorflow as tf
+
+from tfawd import reporting
+from tfawd.config import float_list
+from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
+from tfawd.pointer import evaluate_with_cache
+from tfawd.training import RunError, Trainer
+
+
+def _load(cfg, corpus=None) -> Trainer:
+    """A Trainer over `cfg.model_dir` with its best weights (the latest if never validated)."""
+    if not tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "ckpt")):
+        raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
+                       f"(--mode=train) or point --model_dir at a trained run")
+    trainer = Trainer(cfg, corpus)
+    if trainer.best.latest_checkpoint:
+        trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
+    return trainer
+
+
+def _record(cfg, section: str, payload: dict) -> str:
+    path = os.path.join(cfg.model_dir, "eval_results.json")
+    results = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results[section] = payload
+    results["versions"] = reporting.versions()
+    reporting.write_json(path, results)
+    return path
+
+
+def _cache(trainer, split, batch_size, thetas, lambdas):
+    return evaluate_with_cache(trainer.model, trainer.corpus.ids[split], batch_size,
+                               trainer.cfg.bptt, trainer.cfg.cache_window, thetas, lambdas)
+
+
+def evaluate(cfg, corpus=None) -> dict:
+    """`--mode=evaluate` (see module doc)."""
+    trainer = _load(cfg, corpus)
+    metrics = trainer.evaluate_best()
+    _record(cfg, "plain", metrics)
+    line = f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}"
+    if cfg.cache_window:
+        cache = {split: _cache(trainer, split, batch, [cfg.cache_theta], [cfg.cache_lambda])
+                 for split, batch in (("valid", cfg.eval_batch_size),
+                                      ("test", cfg.test_batch_size))}
+        _record(cfg, "cache", cache)
+        metrics["cache"] = cache
+        line += f" | with cache: {cache['valid']['ppl']:.2f} / {cache['test']['ppl']:.2f}"
+    if cfg.dynamic_eval_lr:
+        dynamic = _dynamic(trainer, [cfg.dynamic_eval_lr], [cfg.dynamic_eval_lambda])
+        metrics["dynamic_eval"] = dynamic
+        line += (f" | dynamic eval: {dynamic['valid']['ppl']:.2f} / "
+                 f"{dynamic['test']['ppl']:.2f}")
+    print(line, flush=True)
+    return metrics
+
+
+def tune_cache(cfg, corpus=None) -> dict:
+    """`--mode=tune_cache`: theta/lambda chosen on validation, then applied to test."""
+    if not cfg.cache_window:
+        raise RunError("--mode=tune_cache needs --cache_window > 0 (the paper uses 3785)")
+    trainer = _load(cfg, corpus)
+    valid = _cache(trainer, "valid", cfg.eval_batch_size, float_list(cfg.cache_thetas),
+                   float_list(cfg.cache_lambdas))
+    test = _cache(trainer, "test", cfg.test_batch_size, [valid["theta"]], [valid["lambda"]])
+    out = {"valid": valid, "test": test}
+    path = _record(cfg, "cache", out)
+    print(f"| cache window {cfg.cache_window} theta {valid['theta']} lambda {valid['lambda']} "
+          f"| valid ppl {valid['base_ppl']:.2f} -> {valid['ppl']:.2f} | test ppl "
+          f"{test['base_ppl']:.2f} -> {test['ppl']:.2f} | {path}", flush=True)
+    return out
+
+
+def _dynamic(trainer, lrs, lambdas, tune_tokens=0) -> dict:
+    cfg = trainer.cfg
+    rms = gradient_rms(trainer.model, trainer.corpus.ids["train"], bptt=cfg.dynamic_eval_bptt,
+                       max_batches=cfg.dynamic_eval_grad_batches)
+    evaluator = DynamicEvaluator(trainer.model, rms)
+    valid_ids = trainer.corpus.ids["valid"]
+    search = None
+    if len(lrs) * len(lambdas) > 1:
+        search = evaluator.tune(valid_ids[:tune_tokens or None], lrs, lambdas,
+                                cfg.dynamic_eval_bptt)
+        lrs, lambdas = [search["lr"]], [search["lambda"]]
+    out = {split: evaluator.evaluate(trainer.corpus.ids[split], lrs[0], lambdas[0],
+                                     cfg.dynamic_eval_bptt) for split in ("valid", "test")}
+    if search:
+        out["search"] = search
+    _record(cfg, "dynamic_eval", out)
+    return out
+
+
+def tune_dynamic_eval(cfg, corpus=None) -> dict:
+    """`--mode=tune_dynamic_eval`: lr/lambda chosen on validation, then applied to test."""
+    trainer = _load(cfg, corpus)
+    scale = cfg.dynamic_eval_bptt / 5  # the grids are given for 5-token segments
+    out = _dynamic(trainer, [x * scale for x in float_list(cfg.dynamic_eval_lrs)],
+                   [x * scale for x in float_list(cfg.dynamic_eval_lambdas)],
+                   cfg.dynamic_eval_tune_tokens)
+    print(f"| dynamic eval lr {out['valid']['lr']:.3g} lambda {out['valid']['lambda']:.3g} | "
+          f"valid ppl {out['valid']['ppl']:.2f} | test ppl {out['test']['ppl']:.2f}", flush=True)
+    return out
+
+
+# -- prediction and generation (seed 003's interface) --------------------------------------
+def _inference_model(cfg):
+    from tfawd import inference
+    return inference.load_trained(cfg.model_dir, cfg)
+
+
+def _default_output(cfg, given: str, name: str) -> str:
+    return given or os.path.join(cfg.model_dir, name)
+
+
+def predict(cfg, inf) -> dict:
+    """`--mode=predict`: raw next-word scores [B, V] of each context (`--contexts`) saved as
+    .npy; with `--targets`, the mean NLL of the prediction."""
+    import numpy as np
+    from tfawd import inference
+    if not inf.contexts:
+        raise RunError("--mode=predict needs --contexts (a .npy of ids or a text file)")
+    model, vocab = _inference_model(cfg)
+    contexts = inference.read_contexts(inf.contexts, vocab, inf.strict)
+    scores = inference.next_word_scores(model, contexts)
+    path = _default_output(cfg, inf.output, "predictions.npy")
+    np.save(path, scores)
+    out = {"contexts": len(contexts), "scores": path, "shape": list(scores.shape)}
+    if inf.targets:
+        if inf.targets.endswith(".npy"):
+            targets = np.load(inf.targets)
+        else:
+            with open(inf.targets, encoding="utf-8") as f:
+                words = [line.strip() for line in f if line.strip()]
+            targets = np.array([inference.encode_prompt(vocab, w, inf.strict)[0] for w in words])
+        if len(targets) != len(contexts):
+            raise RunError(f"--targets has {len(targets)} entries for {len(contexts)} contexts")
+        out["mean_nll"] = inference.prediction_nll(scores, targets)
+    _record(cfg, "predict", out)
+    print(f"| predict | {out['contexts']} contexts -> {path} {out['shape']}"
+          + (f" | mean NLL {out['mean_nll']:.4f}" if "mean_nll" in out else ""), flush=True)
+    return out
+
+
+def generate(cfg, inf) -> list:
+    """`--mode=generate`: a continuation of `--num_tokens` words for `--prompt` or each line
+    of `--prompts_file`, one line per prompt in `--output`, with the mean NLL of each."""
+    from pipelines.vocab import EOS, UNK
+    from tfawd import inference
+    if bool(inf.prompt) == bool(inf.prompts_file):
+        raise RunError("--mode=generate needs exactly one of --prompt and --prompts_file")
+    prompts = [inf.prompt]
+    if inf.prompts_file:
+        with open(inf.prompts_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f]
+    model, vocab = _inference_model(cfg)
+    banned = [vocab.index[w] for w, allowed in ((UNK, inf.allow_unk), (EOS, inf.allow_eos))
+              if not allowed]
+    kwargs = {"banned_ids": banned}
+    if inf.method == "sample":
+        kwargs.update(temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p,
+                      seed=inf.sample_seed)
+    results = inference.generate_text(model, vocab, prompts, inf.num_tokens, inf.method,
+                                      beam_size=inf.beam_size, strict=inf.strict,
+                                      eos=f" {EOS} ", **kwargs)
+    path = _default_output(cfg, inf.output, "generated.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(r["continuation"].replace("\n", " ") + "\n" for r in results)
+    mean = sum(r["mean_nll"] for r in results) / len(results)
+    _record(cfg, "generate", {"prompts": len(results), "output": path, "mean_nll": mean,
+                              "method": inf.method, "num_tokens": inf.num_tokens})
+    for r in results:
+        print(f"{r['prompt']} || {r['continuation']}  (NLL {r['mean_nll']:.3f})", flush=True)
+    print(f"| generate | {len(results)} prompts -> {path} | mean NLL {mean:.4f}", flush=True)
+    return results
