@@ -1,0 +1,39 @@
+"""README tables come from results files: rows per run, sections per evaluation method."""
+import json
+
+import pytest
+
+from tfawd import report
+
+RUN = {"dataset": "wikitext2", "val_ppl": 100.0, "test_ppl": 95.5, "epochs_completed": 3,
+       "train_seconds": 600.0, "train_tokens_per_s": 1234.0, "command": "main.py --flagfile=x",
+       "flags": {"model": "awd_lstm", "emsize": 200, "nhid": 400, "nlayers": 3}}
+
+
+def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
+    (tmp_path / "awd.json").write_text(json.dumps(RUN))
+    (tmp_path / "awd_eval.json").write_text(json.dumps(
+        {"cache": {"valid": {"ppl": 80.0}, "test": {"ppl": 77.25}}}))
+    (tmp_path / "awd_loss_curve.png").write_bytes(b"png")
+    (tmp_path / "awd_eval_unrelated.json").write_text(json.dumps({"no": "metrics"}))
+    table = report.results_table(str(tmp_path))
+    row = next(line for line in table.splitlines() if line.startswith("| AWD-LSTM"))
+    assert "| AWD-LSTM 200-400/400/200, tied | wikitext2 | 100.00 | 95.50 | 80.00 / 77.25 | - |" \
+        in row
+    assert "10 min" in row and "1,234" in row and "python main.py --flagfile=x" in row
+    assert "results/awd_loss_curve.png" in row
+    assert "| Merity et al. 2017 | AWD-LSTM | 68.6 | 65.8 |" in table  # labelled as theirs
+
+
+def test_write_readme_replaces_only_the_generated_block(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps(RUN))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nstale\n{report.END}\noutro\n")
+    report.write_readme(str(readme), str(tmp_path / "r"))
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+    assert "95.50" in text
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="report:start"):
+        report.write_readme(str(readme), str(tmp_path / "r"))

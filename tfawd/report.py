@@ -1,0 +1,133 @@
+"""README tables generated from the results files of real runs (never typed by hand).
+
+  python -m tfawd.report              # print the tables
+  python -m tfawd.report --write      # replace the generated block of README.md
+
+Sources, all under `results/`: `<run>.json` (a training run's results.json, copied there by
+`make train`), `<run>_eval.json` (its eval_results.json: cache pointer, dynamic evaluation),
+`<run>_loss_curve.png`, and `lm_throughput*.json` (benchmarks/lm_throughput.py). Published
+figures of the seeds and papers are listed apart and labelled as theirs.
+"""
+import glob
+import json
+import os
+import sys
+
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+PUBLISHED = [  # (source, model, val ppl, test ppl) on WikiText-2
+    ("seed 000", "2-layer LSTM (base model)", 128.3, 121.7),
+    ("seed 000", "AWD-LSTM", 80.27, 77.11),
+    ("Merity et al. 2017", "AWD-LSTM", 68.6, 65.8),
+    ("Merity et al. 2017", "AWD-LSTM + continuous cache pointer", 53.8, 52.0),
+    ("Krause et al. 2018", "AWD-LSTM + dynamic evaluation", 46.4, 44.3),
+]
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def describe(flags: dict) -> str:
+    if flags["model"] == "awd_lstm":
+        sizes = [flags["nhid"]] * (flags["nlayers"] - 1) + [flags["emsize"]]
+        return f"AWD-LSTM {flags['emsize']}-{'/'.join(map(str, sizes))}, tied"
+    tied = "tied" if flags.get("tie_weights") else "untied"
+    return f"{flags['nlayers']}-layer LSTM {flags['emsize']}/{flags['nhid']}, {tied}"
+
+
+def _pair(section) -> str:
+    if not section:
+        return "-"
+    return f"{section['valid']['ppl']:.2f} / {section['test']['ppl']:.2f}"
+
+
+def run_rows(results_dir: str) -> list:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        run = _load(path)
+        if "val_ppl" not in run or "flags" not in run:
+            continue
+        name = os.path.basename(path)[:-len(".json")]
+        extra_path = os.path.join(results_dir, f"{name}_eval.json")
+        extra = _load(extra_path) if os.path.exists(extra_path) else {}
+        curve = os.path.join(results_dir, f"{name}_loss_curve.png")
+        rows.append({
+            "name": name, "model": describe(run["flags"]), "dataset": run["dataset"],
+            "command": run.get("command", "").replace("main.py", "python main.py", 1),
+            "val": run["val_ppl"], "test": run["test_ppl"],
+            "cache": _pair(extra.get("cache")), "dynamic": _pair(extra.get("dynamic_eval")),
+            "epochs": run["epochs_completed"], "minutes": run["train_seconds"] / 60,
+            "tokens_per_s": run["train_tokens_per_s"],
+            "curve": os.path.basename(curve) if os.path.exists(curve) else None,
+        })
+    return rows
+
+
+def results_table(results_dir: str = "results") -> str:
+    lines = ["| model | data | val ppl | test ppl | + cache (val / test) | + dynamic eval "
+             "(val / test) | epochs | training | tokens/s | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in run_rows(results_dir):
+        curve = f", [loss curve](results/{r['curve']})" if r["curve"] else ""
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {r['val']:.2f} | {r['test']:.2f} | {r['cache']} "
+            f"| {r['dynamic']} | {r['epochs']} | {r['minutes']:.0f} min | "
+            f"{r['tokens_per_s']:,.0f} | `{r['command']}` ([json](results/{r['name']}.json)"
+            f"{curve}) |")
+    lines += ["", "Published figures, for comparison (theirs, not produced here):", "",
+              "| source | model | val ppl | test ppl |", "|---|---|---|---|"]
+    lines += [f"| {s} | {m} | {v} | {t} |" for s, m, v, t in PUBLISHED]
+    return "\n".join(lines)
+
+
+def performance_table(results_dir: str = "results") -> str:
+    paths = sorted(glob.glob(os.path.join(results_dir, "lm_throughput*.json")))
+    if not paths:
+        return ""
+    lines = ["| config | precision | tfawd tokens/s | reference tokens/s | ratio | "
+             "fraction of matmul peak | eval tokens/s (batch 10 / 1) | machine | json |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        b = _load(path)
+        ref = b.get("reference_tokens_per_s")
+        ev = list(b["eval_tokens_per_s"].values())
+        m = b["machine"]
+        ref_text = f"{ref:,.0f} | {b['ratio_median']:.2f}x" if ref else "- | -"
+        lines.append(
+            f"| `{b['config']}` {b['model']['emsize']}/{b['model']['nhid']} batch "
+            f"{b['model']['batch_size']} | {b['precision']} | {b['tfawd_tokens_per_s']:,.0f} | "
+            f"{ref_text} | "
+            f"{b['achieved_fraction_of_peak']:.0%} of {b['matmul_peak_gflops']:.0f} GFLOP/s | "
+            f"{ev[0]:,.0f} / {ev[-1]:,.0f} | {m['cpu']}, {m['cores']} cores, bf16 units: "
+            f"{', '.join(m.get('bf16_units', [])) or 'none'} | "
+            f"[json](results/{os.path.basename(path)}) |")
+    return "\n".join(lines)
+
+
+def render(results_dir: str = "results") -> str:
+    parts = [START, "", "### Language models", "", results_table(results_dir)]
+    perf = performance_table(results_dir)
+    if perf:
+        parts += ["", "### Training speed (benchmarks/lm_throughput.py)", "", perf]
+    return "\n".join(parts + ["", END])
+
+
+def write_readme(readme: str = "README.md", results_dir: str = "results") -> None:
+    """Replaces the block between the report markers of `readme` with fresh tables."""
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(head + render(results_dir) + tail)
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        write_readme()
+    else:
+        print(render())
