@@ -12,7 +12,6 @@ mid-line. Write `<eos>` explicitly to predict after a line end (a leading `<eos>
 model where training lines start). Prompts may have different lengths: each row's state
 stops exactly at its own last token.
 """
-import json
 import logging
 import os
 import weakref
@@ -22,7 +21,7 @@ import tensorflow as tf
 
 from pipelines.vocab import EOS, UNK, Vocabulary
 from tfawd.models import build_model, weights_checkpoint
-from tfawd.training import RunError
+from tfawd.training import RunError, flag_mismatches
 
 log = logging.getLogger(__name__)
 METHODS = ("greedy", "sample")
@@ -41,15 +40,10 @@ def load_trained(model_dir: str, cfg):
     if not os.path.exists(vocab_path) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
-    flags_path = os.path.join(model_dir, "flags.json")
-    if os.path.exists(flags_path):
-        with open(flags_path) as f:
-            saved = json.load(f)
-        diff = [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in _ARCHITECTURE
-                if k in saved and saved[k] != getattr(cfg, k)]
-        if diff:
-            raise RunError(f"--model_dir={model_dir} was trained with {', '.join(diff)}; "
-                           f"pass the flags it was trained with")
+    diff = flag_mismatches(cfg, model_dir, _ARCHITECTURE)
+    if diff:
+        raise RunError(f"--model_dir={model_dir} was trained with {', '.join(diff)}; "
+                       f"pass the flags it was trained with")
     vocab = Vocabulary.load(vocab_path)
     model = build_model(cfg, len(vocab))
     if best:

@@ -44,17 +44,23 @@ class RunError(RuntimeError):
 RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size")
 
 
+def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
+    """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
+    path = os.path.join(model_dir, "flags.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    return [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in keys
+            if k in saved and saved[k] != getattr(cfg, k)]
+
+
 def check_resumable(cfg, model_dir: str) -> None:
     """Refuses to reuse a model_dir trained with other shapes (see `record_shapes`)."""
-    path = os.path.join(model_dir, "flags.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        diff = [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in RESUME_FIXED
-                if k in saved and saved[k] != getattr(cfg, k)]
-        if diff:
-            raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
-                           f"use those flags to resume it, or a new --model_dir")
+    diff = flag_mismatches(cfg, model_dir)
+    if diff:
+        raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
+                       f"use those flags to resume it, or a new --model_dir")
 
 
 def record_shapes(cfg, model_dir: str) -> None:
