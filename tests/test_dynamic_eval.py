@@ -1,4 +1,5 @@
 """Dynamic evaluation (Krause et al. 2018): exactness at lr 0, adaptation, restoration."""
+import keras
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from tfawd.models import AwdLstmModel
 @pytest.fixture(scope="module")
 def setup():
     from tests.conftest import make_tiny_corpus
+    keras.utils.set_random_seed(0)
     corpus = make_tiny_corpus()
     model = AwdLstmModel(len(corpus.vocab), emsize=8, nhid=12, nlayers=2)
     model(np.zeros([1, 1], np.int32), model.initial_state(1))
@@ -35,10 +37,10 @@ def test_learning_rate_zero_is_exactly_static_evaluation(setup):
 def test_adapting_to_a_repetitive_stream_lowers_perplexity_and_weights_are_restored(setup):
     corpus, model, rms = setup
     before = [v.numpy() for v in model.trainable_variables]
-    ids = np.tile(np.random.default_rng(0).integers(0, 30, 25), 12).astype(np.int32)
+    ids = np.tile(np.random.default_rng(0).integers(0, 30, 25), 20).astype(np.int32)
     evaluator = DynamicEvaluator(model, rms)
     static = evaluator.evaluate(ids, lr=0.0, lam=0.0, bptt=5)
-    tuned = evaluator.tune(ids, lrs=[1e-3, 1e-2], lambdas=[0.0, 0.02], bptt=5)
-    assert len(tuned["grid"]) == 4 and tuned["ppl"] < 0.8 * static["ppl"]
+    tuned = evaluator.tune(ids, lrs=[1e-2, 2e-2], lambdas=[0.0, 0.02], bptt=5)
+    assert len(tuned["grid"]) == 4 and tuned["ppl"] < 0.8 * static["ppl"], tuned["grid"]
     for v, b in zip(model.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
