@@ -11,10 +11,10 @@ TFAWD_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 export TFAWD_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-CONFIG ?= configs/lstm_base_wt2_cpu.cfg
+CONFIG ?= configs/awd_lstm_wt2_cpu.cfg
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: train test venv clean
+.PHONY: train test report venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ train: $(STAMP)
 	$(PY) main.py --flagfile=$(CONFIG) --model_dir=$(MODEL_DIR)
 	mkdir -p results && cp $(MODEL_DIR)/results.json results/$(notdir $(MODEL_DIR)).json
 	cp $(MODEL_DIR)/loss_curve.png results/$(notdir $(MODEL_DIR))_loss_curve.png
+	cp $(MODEL_DIR)/history.json results/$(notdir $(MODEL_DIR))_history.json
+	$(PY) -m tfawd.report --write
+
+## Regenerate README.md's results tables from results/*.json.
+report: $(STAMP)
+	$(PY) -m tfawd.report --write
 
 ## Run the test suite.
 test: $(STAMP)
