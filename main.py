@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags
 
-from tfawd import config
+from tfawd import config, speech_config
 
 flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
                                     "tune_dynamic_eval", "predict", "generate"],
@@ -19,14 +19,17 @@ flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache
                   "then score test; predict: next-word scores of --contexts; generate: "
                   "continue --prompt / --prompts_file.")
 config.define_flags()
+speech_config.define_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
-    from tfawd import eval_modes, training
     from pipelines.corpus_files import DataError
+    if FLAGS.model == "las":
+        return speech(DataError)
+    from tfawd import eval_modes, training
     cfg = config.from_flags(FLAGS)
     modes = {"train": training.train, "finetune": training.finetune,
              "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
@@ -39,6 +42,19 @@ def main(argv):
     try:
         modes[FLAGS.mode](cfg)
     except user_errors as e:
+        sys.exit(f"error: {e}")
+
+
+def speech(data_error):
+    """--model=las: the speech recogniser (train or evaluate)."""
+    from tfawd import speech_training
+    modes = {"train": speech_training.train, "evaluate": speech_training.evaluate}
+    if FLAGS.mode not in modes:
+        sys.exit(f"error: --mode={FLAGS.mode} is not available for --model=las "
+                 f"(one of {', '.join(modes)})")
+    try:
+        modes[FLAGS.mode](speech_config.from_flags(FLAGS))
+    except (data_error, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
 
 

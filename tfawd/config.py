@@ -9,7 +9,8 @@ from absl import flags
 
 from pipelines.corpus_files import CORPORA, default_data_dir
 
-MODELS = ("lstm", "awd_lstm")
+MODELS = ("lstm", "awd_lstm", "las")
+SPEECH_DATASETS = ("spoken_digits", "espeak", "manifest", "npy")  # for --model=las
 OPTIMIZERS = ("sgd", "ntasgd")
 
 
@@ -20,13 +21,14 @@ def _f(default, help_text, choices=None):
 @dataclasses.dataclass
 class LMConfig:
     # Data
-    dataset: str = _f("wikitext2", "Corpus to model.", choices=tuple(CORPORA))
+    dataset: str = _f("wikitext2", "Corpus to model (language models), or speech data "
+                                    "(--model=las).", choices=tuple(CORPORA) + SPEECH_DATASETS)
     data_dir: str = _f(None, "Folder holding wikitext-2/ and penn/ (like ../shared/data). "
                              "Default: $TFAWD_DATA_DIR, else a download cache.")
     model_dir: str = _f("runs/lstm_base", "Where checkpoints, TensorBoard logs, results.json and "
                                           "plots go. Re-running with the same folder resumes.")
     # Model
-    model: str = _f("lstm", "Model architecture.", choices=MODELS)
+    model: str = _f("lstm", "Model architecture (las: the speech recogniser).", choices=MODELS)
     emsize: int = _f(650, "Word embedding size.")
     nhid: int = _f(650, "Hidden units per LSTM layer.")
     nlayers: int = _f(2, "Number of LSTM layers.")

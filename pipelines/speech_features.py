@@ -1,0 +1,133 @@
+"""Speech features and batches for the attention recogniser (seed 003 part 2; issue 6).
+
+An utterance enters as `{"audio": float32 [n] in [-1, 1], "sample_rate": int32, "transcript":
+string}` (every speech source yields this) and leaves as `{"features": float32 [T, 40],
+"frames": int32, "labels": int32 [L], "transcript": string}`: 40-band log-mel energies over
+25 ms frames every 10 ms, normalised per utterance and band, and the transcript's character ids
+ending in `<eos>`. Batches are padded (features with 0, labels with `<pad>` = 0) and bucketed
+by length. Nothing here knows about models.
+"""
+import numpy as np
+import tensorflow as tf
+
+N_MELS = 40
+FRAME_SECONDS, HOP_SECONDS = 0.025, 0.010
+PAD, SOS, EOS = "<pad>", "<sos>", "<eos>"
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz '"
+
+
+class CharVocab:
+    """Character vocabulary: `<pad>` = 0, `<sos>` = 1, `<eos>` = 2, then one id per character."""
+
+    def __init__(self, characters: str = CHARACTERS):
+        self.characters = characters
+        self.tokens = [PAD, SOS, EOS] + list(characters)
+        self.pad_id, self.sos_id, self.eos_id = 0, 1, 2
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def encode(self, transcript: tf.Tensor) -> tf.Tensor:
+        """string scalar -> int32 [L] ids + `<eos>`; characters outside the set are an error."""
+        codes = tf.strings.unicode_decode(transcript, "UTF-8")
+        table = np.full(0x250, -1, np.int32)
+        for i, ch in enumerate(self.characters):
+            table[ord(ch)] = i + 3
+        ids = tf.gather(table, tf.minimum(codes, len(table) - 1))
+        tf.debugging.assert_non_negative(
+            ids, message=f"transcript has a character outside {self.characters!r}; "
+                         "normalise transcripts (lowercase a-z, space, apostrophe)")
+        return tf.concat([ids, [self.eos_id]], axis=0)
+
+    def decode(self, ids) -> str:
+        """ids (stops at the first `<eos>`, skips `<pad>`/`<sos>`) -> text."""
+        out = []
+        for i in np.asarray(ids).tolist():
+            if i == self.eos_id:
+                break
+            if i >= 3:
+                out.append(self.tokens[i])
+        return "".join(out)
+
+
+def frame_sizes(sample_rate: int):
+    """(frame_length, frame_step, fft_length) in samples for 25 ms / 10 ms frames."""
+    frame_length = int(round(sample_rate * FRAME_SECONDS))
+    return frame_length, int(round(sample_rate * HOP_SECONDS)), 1 << (frame_length - 1).bit_length()
+
+
+def log_mel(audio: tf.Tensor, sample_rate: int, n_mels: int = N_MELS) -> tf.Tensor:
+    """float32 [n] waveform -> [T, n_mels] log-mel energies, T = ceil(n / hop) (pad_end)."""
+    frame_length, frame_step, fft_length = frame_sizes(sample_rate)
+    stft = tf.signal.stft(audio, frame_length, frame_step, fft_length, pad_end=True)
+    mel = tf.signal.linear_to_mel_weight_matrix(n_mels, fft_length // 2 + 1, sample_rate,
+                                                20.0, sample_rate / 2)
+    return tf.math.log(tf.matmul(tf.square(tf.abs(stft)), mel) + 1e-6)
+
+
+def normalise(features: tf.Tensor) -> tf.Tensor:
+    """Zero mean, unit variance per band over the utterance (cepstral mean/variance norm.)."""
+    mean, var = tf.nn.moments(features, axes=[0], keepdims=True)
+    return (features - mean) * tf.math.rsqrt(var + 1e-5)
+
+
+def spec_augment(features, seed, freq_masks=2, freq_width=6, time_masks=2, time_frac=0.05):
+    """SpecAugment (Park et al. 2019) without warping: zero `freq_masks` bands of up to
+    `freq_width` and `time_masks` spans of up to `time_frac` of the frames; `seed` is an int
+    [2] (stateless, so the masks depend on the seed only)."""
+    frames, bands = tf.shape(features)[0], tf.shape(features)[1]
+    keep = tf.ones_like(features)
+    seeds = tf.random.experimental.stateless_split(seed, freq_masks + time_masks)
+    max_t = tf.maximum(1, tf.cast(tf.cast(frames, tf.float32) * time_frac, tf.int32))
+    for i in range(freq_masks + time_masks):
+        is_freq = i < freq_masks
+        size, limit = (bands, freq_width) if is_freq else (frames, max_t)
+        u = tf.random.stateless_uniform([2], seeds[i])
+        width = tf.cast(u[0] * tf.cast(limit + 1, tf.float32), tf.int32)
+        start = tf.cast(u[1] * tf.cast(tf.maximum(size - width, 1), tf.float32), tf.int32)
+        idx = tf.range(size)
+        span = tf.cast((idx < start) | (idx >= start + width), features.dtype)
+        keep *= span[None, :] if is_freq else span[:, None]
+    return features * keep
+
+
+def featurize(sample_rate: int, vocab: CharVocab):
+    """The map from a source element to features, frames, labels and transcript. Sources give
+    "audio" (featurized here; audio at any other rate than `sample_rate` is refused, as the
+    frame sizes depend on it) or precomputed "features" [T, 40] (only normalised)."""
+    def fn(example):
+        if "features" in example:
+            feats = normalise(tf.cast(example["features"], tf.float32))
+        else:
+            tf.debugging.assert_equal(
+                tf.cast(example["sample_rate"], tf.int32), sample_rate,
+                message=f"audio at a sample rate other than {sample_rate} Hz, the rate this "
+                        "model's features are computed at; resample the audio")
+            feats = normalise(log_mel(example["audio"], sample_rate))
+        return {"features": feats, "frames": tf.shape(feats)[0],
+                "labels": vocab.encode(example["transcript"]),
+                "transcript": example["transcript"]}
+    return fn
+
+
+def batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed=None, augment_seed=None,
+            bucket_boundaries=(150, 250, 350, 500)) -> tf.data.Dataset:
+    """Padded batches of featurized examples, bucketed by frame count; each bucket's batch is
+    scaled so that a batch holds about the same number of frames. With `shuffle_seed` the order
+    is shuffled (deterministically per seed); with `augment_seed` SpecAugment masks are applied
+    (one seed pair per example, from `augment_seed`)."""
+    if shuffle_seed is not None:
+        examples = examples.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=False)
+    if augment_seed is not None:
+        pairs = tf.data.Dataset.random(seed=augment_seed).batch(2)
+        examples = tf.data.Dataset.zip(examples, pairs).map(
+            lambda ex, s: {**ex, "features": spec_augment(ex["features"], s)},
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ref = bucket_boundaries[0]
+    sizes = [max(1, batch_size * ref // b) for b in (ref,) + tuple(bucket_boundaries)]
+    return examples.bucket_by_sequence_length(
+        lambda ex: ex["frames"], list(bucket_boundaries), sizes,
+        padded_shapes={"features": [None, N_MELS], "frames": [], "labels": [None],
+                       "transcript": []},
+        padding_values={"features": 0.0, "frames": 0, "labels": 0, "transcript": ""},
+        drop_remainder=False).prefetch(tf.data.AUTOTUNE)

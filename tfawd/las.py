@@ -1,0 +1,232 @@
+"""Listen, Attend and Spell (Chan et al. 2016), as seed 003 part 2 specifies it.
+
+- `Listener`: one bidirectional LSTM over the log-mel frames (optionally `frame_stack`
+  consecutive frames per step, and pyramidal BiLSTM layers that halve the time resolution,
+  Chan et al. section 3.1), then key and value projections of its outputs.
+- `dot_attention`: energies e_t = <k_t, q>, softmax over the unpadded frames (padded frames get
+  exactly zero weight), context = sum_t a_t v_t (Chan et al. eq. 9-11 with a dot product).
+- `Speller`: a character embedding and two stacked `LSTMCell`s; each step reads the previous
+  character and the previous context, queries the listener and predicts the next character
+  from [h, context].
+
+Training uses teacher forcing with a scheduled rate (Bengio et al. 2015): each step reads the
+true previous character with probability `teacher_forcing`, else the model's own previous
+prediction. Decoding (greedy and beam search) is a `tf.while_loop` with a maximum length.
+"""
+import keras
+import tensorflow as tf
+
+from tfawd.layers import WeightDropLSTM
+
+NEG = -1e9
+
+
+def dot_attention(query, keys, values, mask):
+    """query [B, A], keys/values [B, T, A], mask [B, T] bool -> (context [B, A], weights [B, T]).
+    Weights on padded frames are exactly 0."""
+    energies = tf.einsum("bta,ba->bt", keys, query)
+    energies = tf.where(mask, energies, NEG)
+    weights = tf.nn.softmax(energies, axis=-1) * tf.cast(mask, energies.dtype)
+    return tf.einsum("bt,bta->ba", weights, values), weights
+
+
+def stack_frames(x, mask, factor):
+    """[B, T, D] -> [B, ceil(T/factor), factor*D]: `factor` consecutive frames per step
+    (low frame rate input, as in Sak et al. 2015), so the recurrence runs factor times fewer
+    steps."""
+    t = tf.shape(x)[1]
+    pad = (factor - t % factor) % factor
+    x = tf.pad(x, [[0, 0], [0, pad], [0, 0]])
+    mask = tf.pad(mask, [[0, 0], [0, pad]])
+    b, d = tf.shape(x)[0], x.shape[-1]
+    return (tf.reshape(x, [b, -1, factor * d]),
+            tf.reduce_any(tf.reshape(mask, [b, -1, factor]), axis=-1))
+
+
+def pyramid_reduce(x, mask):
+    """[B, T, D] -> [B, ceil(T/2), 2D] by concatenating frame pairs (pBLSTM's input)."""
+    return stack_frames(x, mask, 2)
+
+
+class BiLSTM(keras.layers.Layer):
+    """A bidirectional LSTM over padded sequences: the forward direction runs as is (padding
+    comes after the frames, so it never reaches them), the backward one over each sequence
+    reversed within its own length (`tf.reverse_sequence`). Both directions are the lean
+    `WeightDropLSTM` loop (one input matmul, then h U per step), several times faster on CPU
+    than Keras' masked generic loop. Outputs at padded positions are meaningless: mask them."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.forward, self.backward = WeightDropLSTM(units), WeightDropLSTM(units)
+
+    def call(self, x, mask, training=False):
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        fwd = self.forward(x, training=training)
+        rev = tf.reverse_sequence(x, lengths, seq_axis=1, batch_axis=0)
+        bwd = tf.reverse_sequence(self.backward(rev, training=training), lengths, 1, 0)
+        return tf.concat([fwd, bwd], axis=-1)
+
+
+class Listener(keras.layers.Layer):
+    """BiLSTM encoder (+ `pyramid_layers` pBLSTMs) with key and value projections."""
+
+    def __init__(self, units=256, attention_dim=128, pyramid_layers=0, frame_stack=1, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.attention_dim, self.pyramid_layers = units, attention_dim, pyramid_layers
+        self.frame_stack = frame_stack
+        self.rnns = [BiLSTM(units) for _ in range(1 + pyramid_layers)]
+        self.keys = keras.layers.Dense(attention_dim, name="keys")
+        self.values = keras.layers.Dense(attention_dim, name="values")
+
+    def call(self, features, mask, training=False):
+        """features [B, T, F], mask [B, T] -> keys, values [B, T', A], mask [B, T']."""
+        zero_padding = lambda x, m: x * tf.cast(m, x.dtype)[:, :, None]  # noqa: E731
+        features = zero_padding(features, mask)  # stacked/paired steps see zeros past the end
+        if self.frame_stack > 1:
+            features, mask = stack_frames(features, mask, self.frame_stack)
+        x = self.rnns[0](features, mask, training=training)
+        for rnn in self.rnns[1:]:
+            x, mask = pyramid_reduce(zero_padding(x, mask), mask)
+            x = rnn(x, mask, training=training)
+        return self.keys(x), self.values(x), mask
+
+
+class Speller(keras.layers.Layer):
+    """Two LSTMCells; one `step` = one output character."""
+
+    def __init__(self, vocab_size, units=256, embed_dim=64, attention_dim=128, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.units, self.attention_dim = vocab_size, units, attention_dim
+        self.embed = keras.layers.Embedding(vocab_size, embed_dim)
+        self.cells = [keras.layers.LSTMCell(units), keras.layers.LSTMCell(units)]
+        self.query = keras.layers.Dense(attention_dim, name="query")
+        self.hidden = keras.layers.Dense(units, activation="tanh", name="hidden")
+        self.char_logits = keras.layers.Dense(vocab_size, name="char_logits")
+
+    def initial_state(self, batch):
+        zeros = tf.zeros([batch, self.units])
+        return (zeros, zeros, zeros, zeros, tf.zeros([batch, self.attention_dim]))
+
+    def step(self, tokens, state, keys, values, mask, training=False):
+        """tokens [B] (previous characters) -> (logits [B, V], new state, attention [B, T])."""
+        h1, c1, h2, c2, context = state
+        x = tf.concat([self.embed(tokens), context], axis=-1)
+        h1, (_, c1) = self.cells[0](x, [h1, c1], training=training)
+        h2, (_, c2) = self.cells[1](h1, [h2, c2], training=training)
+        context, weights = dot_attention(self.query(h2), keys, values, mask)
+        logits = self.char_logits(self.hidden(tf.concat([h2, context], axis=-1)))
+        return logits, (h1, c1, h2, c2, context), weights
+
+
+class ListenAttendSpell(keras.Model):
+    """The recogniser: `teacher_forced` for training, `greedy` / `beam_search` for decoding."""
+
+    def __init__(self, vocab_size, sos_id=1, eos_id=2, listener_units=256, speller_units=256,
+                 attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.sos_id, self.eos_id = vocab_size, sos_id, eos_id
+        self.listener = Listener(listener_units, attention_dim, pyramid_layers, frame_stack)
+        self.speller = Speller(vocab_size, speller_units, embed_dim, attention_dim)
+        self._config = dict(vocab_size=vocab_size, sos_id=sos_id, eos_id=eos_id,
+                            listener_units=listener_units, speller_units=speller_units,
+                            attention_dim=attention_dim, embed_dim=embed_dim,
+                            pyramid_layers=pyramid_layers, frame_stack=frame_stack)
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}
+
+    def listen(self, features, frames, training=False):
+        mask = tf.sequence_mask(frames, tf.shape(features)[1])
+        return self.listener(features, mask, training=training)
+
+    def teacher_forced(self, features, frames, labels, teacher_forcing=1.0, seed=(0, 0),
+                       training=False):
+        """labels [B, L] (ending in <eos>, padded) -> logits [B, L, V], attention [B, L, T'].
+        Step t reads labels[t-1] (or <sos>) with probability `teacher_forcing`, else the
+        argmax of step t-1."""
+        keys, values, mask = self.listen(features, frames, training)
+        batch, length = tf.shape(labels)[0], tf.shape(labels)[1]
+        inputs = tf.concat([tf.fill([batch, 1], self.sos_id), labels[:, :-1]], axis=1)
+        use_truth = tf.random.stateless_uniform([batch, length], seed) < teacher_forcing
+        state = self.speller.initial_state(batch)
+        logits_ta = tf.TensorArray(tf.float32, size=length)
+        attn_ta = tf.TensorArray(tf.float32, size=length)
+        previous = inputs[:, 0]
+        for t in tf.range(length):
+            token = tf.where(use_truth[:, t] | (t == 0), inputs[:, t], previous)
+            logits, state, weights = self.speller.step(token, state, keys, values, mask, training)
+            previous = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            logits_ta = logits_ta.write(t, logits)
+            attn_ta = attn_ta.write(t, weights)
+        return (tf.transpose(logits_ta.stack(), [1, 0, 2]),
+                tf.transpose(attn_ta.stack(), [1, 0, 2]))
+
+    def greedy(self, features, frames, max_len):
+        """-> tokens [B, max_len] (<eos> then <eos> padding), scores [B] (sum of log-probs up
+        to and including <eos>), attention [B, max_len, T']."""
+        keys, values, mask = self.listen(features, frames)
+        batch = tf.shape(features)[0]
+
+        def body(t, token, state, done, score, tokens_ta, attn_ta):
+            logits, state, weights = self.speller.step(token, state, keys, values, mask)
+            logp = tf.nn.log_softmax(logits)
+            nxt = tf.where(done, self.eos_id, tf.argmax(logp, -1, output_type=tf.int32))
+            score += tf.where(done, 0.0, tf.gather(logp, nxt, batch_dims=1))
+            return (t + 1, nxt, state, done | (nxt == self.eos_id), score,
+                    tokens_ta.write(t, nxt), attn_ta.write(t, weights))
+
+        init = (tf.constant(0), tf.fill([batch], self.sos_id), self.speller.initial_state(batch),
+                tf.zeros([batch], tf.bool), tf.zeros([batch]),
+                tf.TensorArray(tf.int32, size=max_len, element_shape=[None]),
+                tf.TensorArray(tf.float32, size=max_len, element_shape=[None, None]))
+        _, _, _, _, score, tokens_ta, attn_ta = tf.while_loop(
+            lambda t, _tok, _s, done, *_: (t < max_len) & ~tf.reduce_all(done), body, init,
+            maximum_iterations=max_len)
+        return self._pad_outputs(tokens_ta.stack(), attn_ta.stack(), max_len, score)
+
+    def _pad_outputs(self, tokens, attention, max_len, score):
+        """Time-major stacks (possibly shorter than max_len) -> batch-major, padded to max_len."""
+        tokens = tf.transpose(tokens, [1, 0])
+        attention = tf.transpose(attention, [1, 0, 2])
+        missing = max_len - tf.shape(tokens)[1]
+        tokens = tf.pad(tokens, [[0, 0], [0, missing]], constant_values=self.eos_id)
+        attention = tf.pad(attention, [[0, 0], [0, missing], [0, 0]])
+        return tokens, score, attention
+
+    def beam_search(self, features, frames, max_len, beam_size):
+        """Beam search without length normalisation (beam_size 1 is greedy); returns the best
+        beam's tokens, score and attention, shaped as `greedy`'s outputs."""
+        keys, values, mask = self.listen(features, frames)
+        batch, k, v = tf.shape(features)[0], beam_size, self.vocab_size
+        tile = lambda x: tf.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
+        keys, values, mask = tile(keys), tile(values), tile(mask)
+        frames_out = tf.shape(keys)[1]
+        eos_only = tf.where(tf.range(v) == self.eos_id, 0.0, NEG)
+
+        def body(t, token, state, done, score, tokens, attn):
+            logits, state, weights = self.speller.step(token, state, keys, values, mask)
+            logp = tf.where(done[:, None], eos_only[None, :], tf.nn.log_softmax(logits))
+            total = tf.reshape(score[:, None] + logp, [batch, k * v])
+            score, flat = tf.math.top_k(total, k)
+            parent = tf.reshape(flat // v + tf.range(batch)[:, None] * k, [-1])
+            nxt = tf.reshape(flat % v, [-1])
+            step = tf.one_hot(t, max_len, dtype=tf.int32)
+            tokens = tf.gather(tokens, parent) * (1 - step) + nxt[:, None] * step
+            attn = tf.tensor_scatter_nd_update(
+                tf.gather(attn, parent), tf.stack([tf.range(batch * k), tf.fill([batch * k], t)], 1),
+                tf.gather(weights, parent))
+            state = tf.nest.map_structure(lambda s: tf.gather(s, parent), state)
+            done = tf.gather(done, parent) | (nxt == self.eos_id)
+            return t + 1, nxt, state, done, tf.reshape(score, [-1]), tokens, attn
+
+        first = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG)], 0), [batch])  # one live beam
+        init = (tf.constant(0), tf.fill([batch * k], self.sos_id),
+                self.speller.initial_state(batch * k), tf.zeros([batch * k], tf.bool), first,
+                tf.fill([batch * k, max_len], self.eos_id),
+                tf.zeros([batch * k, max_len, frames_out]))
+        _, _, _, _, score, tokens, attn = tf.while_loop(
+            lambda t, _tok, _s, done, *_: (t < max_len) & ~tf.reduce_all(done), body, init,
+            maximum_iterations=max_len)
+        best = tf.range(batch) * k  # top_k sorts, so beam 0 is the best
+        return tf.gather(tokens, best), tf.gather(score, best), tf.gather(attn, best)

@@ -1,0 +1,100 @@
+"""Flags of the speech recogniser (`--model=las`), generated from one dataclass like `config`.
+
+Run-level flags (dataset, data_dir, model_dir, batch_size, lr, clip, seed, max_epochs,
+max_steps, time_budget_min, log_every, beam_size) are shared with the language model's and
+defined there; this module adds the speech-only ones.
+"""
+import dataclasses
+
+from absl import flags
+
+from tfawd import config
+from tfawd.config import SPEECH_DATASETS, _f
+SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed", "max_epochs",
+          "max_steps", "time_budget_min", "log_every", "beam_size")
+
+
+@dataclasses.dataclass
+class SpeechConfig:
+    # Shared with LMConfig (defaults here only for library use)
+    model: str = "las"
+    dataset: str = "spoken_digits"
+    data_dir: str = None
+    model_dir: str = "runs/las_digits"
+    batch_size: int = 32
+    lr: float = 1e-3
+    clip: float = 5.0
+    seed: int = 0
+    max_epochs: int = 40
+    max_steps: int = 0
+    time_budget_min: float = 0.0
+    log_every: int = 50
+    beam_size: int = 4
+    # Speech data
+    train_utterances: int = _f(4000, "spoken_digits/espeak: training utterances to build.")
+    eval_utterances: int = _f(300, "spoken_digits: utterances per validation/test split.")
+    max_digits: int = _f(7, "spoken_digits: most digits joined into one utterance.")
+    heldout_speaker: str = _f("theo", "spoken_digits: speaker kept out of training, scored as "
+                                      "the 'heldout' split ('' to train on all six).")
+    espeak_dir: str = _f("", "espeak: folder of the synthesised corpus (built there once; "
+                             "default <model_dir>/../espeak_corpus).")
+    manifest: str = _f("", "manifest: a TSV of `wav path<TAB>transcript`; or a comma-separated "
+                           "train,valid,test triple of such files.")
+    npy_prefix: str = _f("", "npy: seed 003's format: <prefix>{train,dev}.npy (object arrays of "
+                             "(T, 40) features) and <prefix>{train,dev}_transcripts.npy.")
+    spec_augment: bool = _f(True, "SpecAugment masks on training features.")
+    # Model
+    listener_units: int = _f(256, "LAS: BiLSTM units per direction.")
+    frame_stack: int = _f(1, "LAS: consecutive frames the BiLSTM reads per step (1: every "
+                             "10 ms frame; 3: a step per 30 ms, 3x fewer recurrent steps).")
+    pyramid_layers: int = _f(0, "LAS: pyramidal BiLSTM layers after the first (each halves T).")
+    speller_units: int = _f(256, "LAS: units of each of the two decoder LSTMCells.")
+    attention_dim: int = _f(128, "LAS: key/value/query size of the dot-product attention.")
+    char_embed_dim: int = _f(64, "LAS: character embedding size.")
+    # Training
+    teacher_forcing: float = _f(1.0, "LAS: probability of feeding the true previous character "
+                                     "at the start of training.")
+    teacher_forcing_final: float = _f(0.9, "LAS: the same at the end of the schedule.")
+    teacher_forcing_epochs: int = _f(10, "LAS: epochs over which the rate moves linearly "
+                                         "from --teacher_forcing to --teacher_forcing_final.")
+    label_smoothing: float = _f(0.1, "LAS: label smoothing of the character targets.")
+    max_decode_len: int = _f(120, "LAS: longest decoded transcript, in characters.")
+
+
+SPEECH_ONLY = [f for f in dataclasses.fields(SpeechConfig) if f.name not in SHARED]
+PROBABILITIES = ("teacher_forcing", "teacher_forcing_final", "label_smoothing")
+
+
+def define_flags(fv=flags.FLAGS):
+    """Defines the speech-only flags (after `config.define_flags`)."""
+    for f in SPEECH_ONLY:
+        if f.type is bool:
+            flags.DEFINE_bool(f.name, f.default, f.metadata["help"], flag_values=fv)
+        elif f.type is int:
+            flags.DEFINE_integer(f.name, f.default, f.metadata["help"], flag_values=fv)
+        elif f.type is float:
+            flags.DEFINE_float(f.name, f.default, f.metadata["help"], flag_values=fv)
+        else:
+            flags.DEFINE_string(f.name, f.default, f.metadata["help"], flag_values=fv)
+    for name in ("train_utterances", "eval_utterances", "max_digits", "listener_units",
+                 "speller_units", "attention_dim", "char_embed_dim", "max_decode_len",
+                 "teacher_forcing_epochs", "frame_stack"):
+        flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive",
+                                 flag_values=fv)
+    for name in PROBABILITIES:
+        flags.register_validator(name, lambda v: 0 <= v <= 1, f"--{name} must be in [0, 1]",
+                                 flag_values=fv)
+    flags.register_validator("pyramid_layers", lambda v: 0 <= v <= 3,
+                             "--pyramid_layers must be 0-3", flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["model", "dataset"],
+        lambda d: (d["model"] == "las") == (d["dataset"] in SPEECH_DATASETS),
+        f"--model=las goes with --dataset in {SPEECH_DATASETS}, the language models with "
+        f"the text corpora", flag_values=fv)
+
+
+def from_flags(fv=flags.FLAGS) -> SpeechConfig:
+    cfg = SpeechConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(SpeechConfig)})
+    if cfg.data_dir is None:
+        cfg.data_dir = config.default_data_dir()
+    return cfg

@@ -1,0 +1,105 @@
+"""Scoring a speech recogniser: error rates, attention diagonality and attention plots.
+
+- `error_rates`: character and word error rates, total edit distance over total reference
+  length (`tf.edit_distance` with normalize=False, summed), the usual corpus-level definition.
+- `diagonality`: how monotonic an alignment is. For each decoder step up to the output's
+  `<eos>`, the attention peak (argmax over frames); `monotonic` is the fraction of steps whose
+  peak does not move backwards, `near_peak_mass` the mean attention mass within +-`width`
+  frames of the peak.
+- `plot_attention`: one PNG per utterance, output characters against input frames.
+"""
+import io
+
+import matplotlib
+import numpy as np
+import tensorflow as tf
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _edit_total(hyps, refs, split):
+    """Sum of edit distances and of reference lengths, tokens made by `split`."""
+    h = split(tf.constant(list(hyps), tf.string))
+    r = split(tf.constant(list(refs), tf.string))
+    dist = tf.edit_distance(h.to_sparse(), r.to_sparse(), normalize=False)
+    return float(tf.reduce_sum(dist)), int(tf.reduce_sum(r.row_lengths()))
+
+
+def error_rates(hyps, refs) -> dict:
+    """{"cer", "wer"} of hypothesis strings against reference strings (same order)."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    chars = _edit_total(hyps, refs, lambda s: tf.strings.unicode_split(s, "UTF-8"))
+    words = _edit_total(hyps, refs, lambda s: tf.strings.split(s))
+    return {"cer": chars[0] / max(chars[1], 1), "wer": words[0] / max(words[1], 1)}
+
+
+def diagonality(attention, out_lengths, frames, width: int = 3) -> dict:
+    """attention [N, L, T] (numpy), out_lengths [N] decoder steps to score (incl. <eos>),
+    frames [N] encoder frames -> {"monotonic", "near_peak_mass", "steps"}."""
+    moves, masses = [], []
+    for a, n, t in zip(attention, out_lengths, frames):
+        a = np.asarray(a)[:n, :t]
+        if n == 0:
+            continue
+        peaks = a.argmax(axis=1)
+        moves.extend(np.diff(peaks) >= 0)
+        for step, p in enumerate(peaks):
+            masses.append(a[step, max(0, p - width):p + width + 1].sum())
+    return {"monotonic": float(np.mean(moves)) if moves else 1.0,
+            "near_peak_mass": float(np.mean(masses)) if masses else 0.0,
+            "steps": len(masses)}
+
+
+def attention_figure(attention, chars, title=""):
+    """A matplotlib figure: rows are output characters, columns encoder frames."""
+    fig, ax = plt.subplots(figsize=(max(4, attention.shape[1] / 25), max(3, len(chars) / 4)),
+                           dpi=100)
+    ax.imshow(attention, aspect="auto", origin="upper", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(chars)))
+    ax.set_yticklabels([c if c != " " else "␣" for c in chars], fontsize=7)
+    ax.set_xlabel("encoder frame")
+    ax.set_ylabel("output character")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention(attention, chars, path, title="") -> str:
+    fig = attention_figure(attention, chars, title)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def attention_image(attention, chars, title="") -> np.ndarray:
+    """The figure as a uint8 [H, W, 4] image (for tf.summary.image)."""
+    fig = attention_figure(attention, chars, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return tf.io.decode_png(buf.getvalue(), channels=4).numpy()
+
+
+def plot_history(history, path, title="") -> str:
+    """Training loss per log interval and validation CER per epoch against steps."""
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    valid = [(h["step"], h["val_cer"]) for h in history if "val_cer" in h]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="training loss (label-smoothed CE)", lw=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if valid:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*valid), "o-", color="tab:red", label="validation CER", lw=1.5)
+        ax2.set_ylabel("CER")
+        ax2.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
