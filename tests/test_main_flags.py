@@ -25,7 +25,13 @@ def test_helpfull_lists_every_flag_with_help():
     (["--dropout=-0.1"], "--dropout must be in [0, 1)"),
     (["--batch_size=-4"], "--batch_size must be positive"),
     (["--nhid=0"], "--nhid must be positive"),
-    (["--dataset=wt3"], "value should be one of <wikitext2|ptb>"),
+    (["--dataset=wt3"], "value should be one of <wikitext2|ptb|spoken_digits|"),
+    (["--model=las"], "--model=las goes with --dataset in"),
+    (["--dataset=spoken_digits"], "--model=las goes with --dataset in"),
+    (["--model=las", "--dataset=spoken_digits", "--teacher_forcing=1.5"],
+     "--teacher_forcing must be in [0, 1]"),
+    (["--model=las", "--dataset=spoken_digits", "--mode=generate"],
+     "--mode=generate is not available for --model=las"),
     (["--mode=dance"], "value should be one of"),
     (["--profile_steps=10,5"], "--profile_steps must be START,END"),
     (["--tie_weights", "--emsize=10", "--nhid=20"], "--tie_weights needs --nhid equal"),
@@ -45,9 +51,11 @@ def test_bad_values_are_rejected_with_a_one_line_message(args, message):
 def test_config_files_parse(tmp_path):
     """Every committed flagfile is accepted by the flag parser (validators included)."""
     from absl import flags
-    from tfawd import config
+    from tfawd import config, speech_config
     for cfg in sorted((REPO / "configs").glob("*.cfg")):
         fv = flags.FlagValues()
         config.define_flags(fv)
+        speech_config.define_flags(fv)
         fv([sys.argv[0], f"--flagfile={cfg}"])
-        assert config.from_flags(fv).model_dir, cfg
+        module = speech_config if fv["model"].value == "las" else config
+        assert module.from_flags(fv).model_dir, cfg

@@ -323,6 +323,8 @@ def train(cfg) -> dict:
     os.makedirs(cfg.model_dir, exist_ok=True)
     trainer = SpeechTrainer(cfg)
     stopped = trainer.train()
+    if not trainer.best.latest_checkpoint:  # stopped before its first validation
+        trainer.best.save()
     metrics = trainer.evaluate_best()
     run = trainer.run
     metrics.update(stopped=stopped, epochs=int(run.epoch), steps=int(run.step),

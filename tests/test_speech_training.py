@@ -1,0 +1,60 @@
+"""The LAS run end to end on a few real spoken-digit utterances: outputs, resume, schedule."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfawd import speech_training
+from tfawd.speech_config import SpeechConfig
+
+
+def tiny_cfg(data_dir, model_dir, **kw):
+    base = dict(data_dir=data_dir, model_dir=str(model_dir), train_utterances=24,
+                eval_utterances=12, max_digits=2, listener_units=16, speller_units=24,
+                attention_dim=12, char_embed_dim=8, frame_stack=3, batch_size=8, max_epochs=1,
+                log_every=1, max_decode_len=20, beam_size=2, seed=5)
+    base.update(kw)
+    return SpeechConfig(**base)
+
+
+def test_teacher_forcing_schedule_is_linear_then_flat():
+    cfg = SpeechConfig(teacher_forcing=1.0, teacher_forcing_final=0.8, teacher_forcing_epochs=4)
+    rates = [speech_training.teacher_forcing_rate(cfg, e) for e in range(6)]
+    np.testing.assert_allclose(rates, [1.0, 0.95, 0.9, 0.85, 0.8, 0.8])
+
+
+def test_encoder_frames_follow_stacking_and_pyramid():
+    frames = np.array([1, 6, 7, 100])
+    np.testing.assert_array_equal(speech_training.encoder_frames(frames, 3, 0), [1, 2, 3, 34])
+    np.testing.assert_array_equal(speech_training.encoder_frames(frames, 3, 1), [1, 1, 2, 17])
+
+
+def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, max_epochs=2)
+    first = speech_training.train(cfg)
+    assert first["stopped"] == "max_steps" and first["steps"] == 2
+    # resumed: continues from step 2 to the end of the second epoch
+    second = speech_training.train(dataclasses.replace(cfg, max_steps=0))
+    assert second["stopped"] == "max_epochs" and second["epochs"] == 2
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    steps = [h["step"] for h in history if "train_loss" in h]
+    assert steps == sorted(set(steps)) and steps[:2] == [1, 2]
+    results = json.load(open(tmp_path / "run" / "results.json"))
+    for split in ("valid", "test", "heldout"):
+        for decoder in ("greedy", "beam"):
+            scores = results[f"{split}_{decoder}"]
+            assert 0 <= scores["cer"] and scores["utterances"] == 12
+    assert 0 <= results["diagonality_first10"]["monotonic"] <= 1
+    assert results["model"] == "las" and results["flags"]["frame_stack"] == 3
+    attention = np.load(tmp_path / "run" / "attention.npy")
+    assert attention.shape[0] == 10
+    np.testing.assert_allclose(attention.sum(-1)[attention.sum(-1) > 0], 1, rtol=1e-4)
+    assert len(os.listdir(tmp_path / "run" / "attention")) == 10
+    assert os.path.exists(tmp_path / "run" / "loss_curve.png")
+
+
+def test_evaluating_an_untrained_folder_is_a_clear_error(data_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="train first"):
+        speech_training.evaluate(tiny_cfg(data_dir, tmp_path / "empty"))
