@@ -11,10 +11,13 @@ TFAWD_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 export TFAWD_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-CONFIG ?= configs/awd_lstm_wt2_cpu.cfg
+LM_CONFIG ?= configs/awd_lstm_wt2_cpu.cfg
+SPEECH_CONFIG ?= configs/las_digits.cfg
+CONFIG ?= $(LM_CONFIG)
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
+NAME := $(notdir $(MODEL_DIR))
 
-.PHONY: train test report venv clean
+.PHONY: train train-lm train-speech run test report venv clean
 
 venv: $(STAMP)
 
@@ -24,12 +27,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
 	touch $@
 
-## Train + evaluate the default CPU configuration; results.json and plots in $(MODEL_DIR).
-train: $(STAMP)
+## Train + evaluate the CPU-sized language model (about 2 h) and speech model (about 1 h).
+train: train-lm train-speech
+
+train-lm: $(STAMP)
+	$(MAKE) run CONFIG=$(LM_CONFIG)
+
+train-speech: $(STAMP)
+	$(MAKE) run CONFIG=$(SPEECH_CONFIG)
+
+## Run one flagfile (CONFIG=...) and copy its results, plots and attention maps to results/.
+run: $(STAMP)
 	$(PY) main.py --flagfile=$(CONFIG) --model_dir=$(MODEL_DIR)
-	mkdir -p results && cp $(MODEL_DIR)/results.json results/$(notdir $(MODEL_DIR)).json
-	cp $(MODEL_DIR)/loss_curve.png results/$(notdir $(MODEL_DIR))_loss_curve.png
-	cp $(MODEL_DIR)/history.json results/$(notdir $(MODEL_DIR))_history.json
+	mkdir -p results && cp $(MODEL_DIR)/results.json results/$(NAME).json
+	cp $(MODEL_DIR)/loss_curve.png results/$(NAME)_loss_curve.png
+	cp $(MODEL_DIR)/history.json results/$(NAME)_history.json
+	if [ -d $(MODEL_DIR)/attention ]; then rm -rf results/$(NAME)_attention && \
+	  cp -r $(MODEL_DIR)/attention results/$(NAME)_attention && \
+	  cp $(MODEL_DIR)/attention.npy results/$(NAME)_attention/; fi
 	$(PY) -m tfawd.report --write
 
 ## Regenerate README.md's results tables from results/*.json.

@@ -37,3 +37,18 @@ def test_write_readme_replaces_only_the_generated_block(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="report:start"):
         report.write_readme(str(readme), str(tmp_path / "r"))
+
+
+def test_a_speech_run_gets_a_row_of_error_rates(tmp_path):
+    run = {"model": "las", "dataset": "spoken_digits", "epochs": 12, "train_seconds": 1800.0,
+           "command": "main.py --flagfile=configs/las_digits.cfg", "flags": {"model": "las"},
+           "valid_greedy": {"cer": 0.02, "wer": 0.05}, "test_greedy": {"cer": 0.031, "wer": 0.08},
+           "test_beam": {"cer": 0.025, "wer": 0.07}, "diagonality_first10": {"monotonic": 0.987}}
+    (tmp_path / "las.json").write_text(json.dumps(run))
+    (tmp_path / "awd.json").write_text(json.dumps(RUN))
+    table = report.speech_table(str(tmp_path))
+    row = table.splitlines()[-1]
+    assert row.startswith("| spoken_digits | 2.00% / 5.00% | 3.10% / 8.00% (2.50% / 7.00%) | - |")
+    assert "98.7%" in row and "30 min" in row and "results/las.json" in row
+    assert "AWD" not in table and "Speech recognition" in report.render(str(tmp_path))
+    assert report.speech_table(str(tmp_path / "none")) == ""

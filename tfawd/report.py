@@ -106,8 +106,43 @@ def performance_table(results_dir: str = "results") -> str:
     return "\n".join(lines)
 
 
+def _rates(run, split) -> str:
+    """'CER / WER' of a split, greedy (beam) when both were decoded."""
+    greedy, beam = run.get(f"{split}_greedy"), run.get(f"{split}_beam")
+    if not greedy:
+        return "-"
+    text = f"{greedy['cer']:.2%} / {greedy['wer']:.2%}"
+    return text + (f" ({beam['cer']:.2%} / {beam['wer']:.2%})" if beam else "")
+
+
+def speech_table(results_dir: str = "results") -> str:
+    """One row per speech run (results.json with model las)."""
+    runs = [(p, _load(p)) for p in sorted(glob.glob(os.path.join(results_dir, "*.json")))]
+    runs = [(p, r) for p, r in runs if r.get("model") == "las" and "flags" in r]
+    if not runs:
+        return ""
+    lines = ["CER / WER with greedy decoding (beam search in brackets). Test: digits test takes "
+             "of the training speakers, or held-out eSpeak voices; held-out: a speaker never "
+             "heard in training. Diagonality: share of decoder steps whose attention peak does "
+             "not move backwards (first 10 validation utterances).", "",
+             "| data | valid | test | held-out speaker | diagonality | epochs | training | run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path, r in runs:
+        name = os.path.basename(path)[:-len(".json")]
+        command = r.get("command", "").replace("main.py", "python main.py", 1)
+        lines.append(
+            f"| {r['dataset']} | {_rates(r, 'valid')} | {_rates(r, 'test')} | "
+            f"{_rates(r, 'heldout')} | {r['diagonality_first10']['monotonic']:.1%} | "
+            f"{r['epochs']} | {r['train_seconds'] / 60:.0f} min | `{command}` "
+            f"([json](results/{name}.json), [attention](results/{name}_attention/)) |")
+    return "\n".join(lines)
+
+
 def render(results_dir: str = "results") -> str:
     parts = [START, "", "### Language models", "", results_table(results_dir)]
+    speech = speech_table(results_dir)
+    if speech:
+        parts += ["", "### Speech recognition (Listen-Attend-Spell)", "", speech]
     perf = performance_table(results_dir)
     if perf:
         parts += ["", "### Training speed (benchmarks/lm_throughput.py)", "", perf]
