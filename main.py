@@ -10,14 +10,15 @@ from absl import app, flags
 from tfawd import config, speech_config
 
 flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
-                                    "tune_dynamic_eval", "predict", "generate"],
+                                    "tune_dynamic_eval", "predict", "generate", "export"],
                   "train: train (or resume) then evaluate the best weights; "
                   "finetune: restart averaged SGD from the best weights (AWD-LSTM); "
                   "evaluate: valid/test perplexity of the weights in --model_dir (with the "
                   "cache pointer / dynamic evaluation when their flags are set); "
                   "tune_cache / tune_dynamic_eval: choose their parameters on validation, "
                   "then score test; predict: next-word scores of --contexts; generate: "
-                  "continue --prompt / --prompts_file.")
+                  "continue --prompt / --prompts_file; export: SavedModels for TF Serving "
+                  "under --export_dir.")
 config.define_flags()
 speech_config.define_flags()
 FLAGS = flags.FLAGS
@@ -29,15 +30,16 @@ def main(argv):
     from pipelines.corpus_files import DataError
     if FLAGS.model == "las":
         return speech(DataError)
-    from tfawd import eval_modes, training
+    from tfawd import eval_modes, export, training
     cfg = config.from_flags(FLAGS)
     modes = {"train": training.train, "finetune": training.finetune,
              "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
              "tune_dynamic_eval": eval_modes.tune_dynamic_eval,
              "predict": lambda c: eval_modes.predict(c, config.inference_from_flags(FLAGS)),
-             "generate": lambda c: eval_modes.generate(c, config.inference_from_flags(FLAGS))}
+             "generate": lambda c: eval_modes.generate(c, config.inference_from_flags(FLAGS)),
+             "export": lambda c: export.export_lm_run(c, config.inference_from_flags(FLAGS))}
     user_errors = (DataError, training.RunError)
-    if FLAGS.mode in ("predict", "generate"):
+    if FLAGS.mode in ("predict", "generate", "export"):
         user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
     try:
         modes[FLAGS.mode](cfg)
@@ -46,9 +48,10 @@ def main(argv):
 
 
 def speech(data_error):
-    """--model=las: the speech recogniser (train or evaluate)."""
-    from tfawd import speech_training
-    modes = {"train": speech_training.train, "evaluate": speech_training.evaluate}
+    """--model=las: the speech recogniser (train, evaluate or export)."""
+    from tfawd import export, speech_training
+    modes = {"train": speech_training.train, "evaluate": speech_training.evaluate,
+             "export": export.export_speech_run}
     if FLAGS.mode not in modes:
         sys.exit(f"error: --mode={FLAGS.mode} is not available for --model=las "
                  f"(one of {', '.join(modes)})")

@@ -154,10 +154,15 @@ class InferenceConfig:
                                "<eos> so that each continuation stays on one line).")
     strict: bool = _f(False, "predict/generate: refuse words outside the vocabulary instead of "
                              "mapping them to <unk>.")
+    export_dir: str = _f("saved_models", "export: where SavedModels go, in TF Serving's layout "
+                                         "<export_dir>/<name>/<version>/, plus models.config.")
+    export_name: str = _f("", "export: the model's name under --export_dir (default: the "
+                              "basename of --model_dir).")
 
 
-def _define(cls, fv):
-    for field in dataclasses.fields(cls):
+def define_fields(fields, fv):
+    """One absl flag per dataclass field: enum with choices, else by the field's type."""
+    for field in fields:
         name, default, meta = field.name, field.default, field.metadata
         if meta["choices"]:
             flags.DEFINE_enum(name, default, meta["choices"], meta["help"], flag_values=fv)
@@ -173,8 +178,8 @@ def _define(cls, fv):
 
 def define_flags(fv=flags.FLAGS):
     """Defines one absl flag per `LMConfig` and `InferenceConfig` field, with validators."""
-    _define(LMConfig, fv)
-    _define(InferenceConfig, fv)
+    define_fields(dataclasses.fields(LMConfig), fv)
+    define_fields(dataclasses.fields(InferenceConfig), fv)
     for name in POSITIVE:
         flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive", flag_values=fv)
     for name in NON_NEGATIVE:

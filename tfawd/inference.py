@@ -169,8 +169,41 @@ def _top_p_filter(logits, p):
     return tf.where(keep, logits, -np.inf)
 
 
+def sampling_loop(model, greedy: bool, ids, lengths, num_tokens, temperature, top_k, top_p,
+                  seed, penalty):
+    """In-graph generation (see `generate`): reads the prompts (`_read_prompt`), then a
+    `tf.while_loop` carrying the LSTM state draws `num_tokens` tokens. `model(ids, states)`
+    must run at inference; `penalty` [V] is added to the logits (-inf bans a word). Returns
+    (tokens [B, num_tokens] int32, log-probabilities [B, num_tokens] float32). Written with
+    explicit `tf.while_loop`/`tf.cond`, so it also traces with autograph off (SavedModel export)."""
+    def choose(logits, t):
+        masked = logits + penalty
+        if greedy:
+            token = tf.argmax(masked, axis=-1, output_type=tf.int32)
+        else:
+            masked = masked / temperature
+            masked = tf.cond(top_k > 0, lambda: _top_k_filter(masked, top_k), lambda: masked)
+            masked = tf.cond(top_p < 1, lambda: _top_p_filter(masked, top_p), lambda: masked)
+            step_seed = tf.stack([seed, tf.cast(t, tf.int64)])
+            token = tf.random.stateless_categorical(masked, 1, step_seed, dtype=tf.int32)[:, 0]
+        return token, tf.gather(tf.nn.log_softmax(logits), token, batch_dims=1)
+
+    def step(t, token, states, tokens, logprobs):
+        logits, states = model(token[:, None], states)
+        token, logprob = choose(tf.cast(logits[:, 0], tf.float32), t)
+        return t + 1, token, states, tokens.write(t, token), logprobs.write(t, logprob)
+
+    logits, states = _read_prompt(model, ids, lengths)
+    token, logprob = choose(logits, 0)
+    tokens = tf.TensorArray(tf.int32, size=num_tokens).write(0, token)
+    logprobs = tf.TensorArray(tf.float32, size=num_tokens).write(0, logprob)
+    _, _, _, tokens, logprobs = tf.while_loop(
+        lambda t, *_: t < num_tokens, step, (tf.constant(1), token, states, tokens, logprobs))
+    return tf.transpose(tokens.stack()), tf.transpose(logprobs.stack())
+
+
 def _sampler(model, greedy: bool):
-    """The compiled generation loop (see `generate`) for `model`."""
+    """The compiled generation loop (`sampling_loop`, see `generate`) for `model`."""
     spec = tf.TensorSpec
     sig = [spec([None, None], tf.int32), spec([None], tf.int32), spec([], tf.int32),
            spec([], tf.float32), spec([], tf.int32), spec([], tf.float32), spec([], tf.int64),
@@ -178,30 +211,8 @@ def _sampler(model, greedy: bool):
 
     @tf.function(input_signature=sig)
     def run(ids, lengths, num_tokens, temperature, top_k, top_p, seed, penalty):
-        def choose(logits, t):
-            masked = logits + penalty
-            if greedy:
-                token = tf.argmax(masked, axis=-1, output_type=tf.int32)
-            else:
-                masked = masked / temperature
-                masked = tf.cond(top_k > 0, lambda: _top_k_filter(masked, top_k), lambda: masked)
-                masked = tf.cond(top_p < 1, lambda: _top_p_filter(masked, top_p), lambda: masked)
-                step_seed = tf.stack([seed, tf.cast(t, tf.int64)])
-                token = tf.random.stateless_categorical(masked, 1, step_seed, dtype=tf.int32)[:, 0]
-            return token, tf.gather(tf.nn.log_softmax(logits), token, batch_dims=1)
-
-        def step(t, token, states, tokens, logprobs):
-            logits, states = model(token[:, None], states)
-            token, logprob = choose(tf.cast(logits[:, 0], tf.float32), t)
-            return t + 1, token, states, tokens.write(t, token), logprobs.write(t, logprob)
-
-        logits, states = _read_prompt(model, ids, lengths)
-        token, logprob = choose(logits, 0)
-        tokens = tf.TensorArray(tf.int32, size=num_tokens).write(0, token)
-        logprobs = tf.TensorArray(tf.float32, size=num_tokens).write(0, logprob)
-        _, _, _, tokens, logprobs = tf.while_loop(
-            lambda t, *_: t < num_tokens, step, (tf.constant(1), token, states, tokens, logprobs))
-        return tf.transpose(tokens.stack()), tf.transpose(logprobs.stack())
+        return sampling_loop(model, greedy, ids, lengths, num_tokens, temperature, top_k, top_p,
+                             seed, penalty)
 
     return run
 

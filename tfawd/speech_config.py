@@ -1,7 +1,7 @@
 """Flags of the speech recogniser (`--model=las`), generated from one dataclass like `config`.
 
 Run-level flags (dataset, data_dir, model_dir, batch_size, lr, clip, seed, max_epochs,
-max_steps, time_budget_min, log_every, beam_size) are shared with the language model's and
+max_steps, time_budget_min, log_every, beam_size, export_dir, export_name) are shared with the language model's and
 defined there; this module adds the speech-only ones.
 """
 import dataclasses
@@ -11,7 +11,7 @@ from absl import flags
 from tfawd import config
 from tfawd.config import SPEECH_DATASETS, _f
 SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed", "max_epochs",
-          "max_steps", "time_budget_min", "log_every", "beam_size")
+          "max_steps", "time_budget_min", "log_every", "beam_size", "export_dir", "export_name")
 
 
 @dataclasses.dataclass
@@ -30,6 +30,8 @@ class SpeechConfig:
     time_budget_min: float = 0.0
     log_every: int = 50
     beam_size: int = 4
+    export_dir: str = "saved_models"
+    export_name: str = ""
     # Speech data
     train_utterances: int = _f(4000, "spoken_digits/espeak: training utterances to build.")
     eval_utterances: int = _f(300, "spoken_digits: utterances per validation/test split.")
@@ -67,15 +69,7 @@ PROBABILITIES = ("teacher_forcing", "teacher_forcing_final", "label_smoothing")
 
 def define_flags(fv=flags.FLAGS):
     """Defines the speech-only flags (after `config.define_flags`)."""
-    for f in SPEECH_ONLY:
-        if f.type is bool:
-            flags.DEFINE_bool(f.name, f.default, f.metadata["help"], flag_values=fv)
-        elif f.type is int:
-            flags.DEFINE_integer(f.name, f.default, f.metadata["help"], flag_values=fv)
-        elif f.type is float:
-            flags.DEFINE_float(f.name, f.default, f.metadata["help"], flag_values=fv)
-        else:
-            flags.DEFINE_string(f.name, f.default, f.metadata["help"], flag_values=fv)
+    config.define_fields(SPEECH_ONLY, fv)
     for name in ("train_utterances", "eval_utterances", "max_digits", "listener_units",
                  "speller_units", "attention_dim", "char_embed_dim", "max_decode_len",
                  "teacher_forcing_epochs", "frame_stack"):

@@ -11,7 +11,6 @@ At the end the best weights decode every evaluation split greedily and with beam
 the run writes results.json (CER/WER per split, diagonality), attention PNGs and
 attention.npy for the first 10 validation utterances, and a training-curve PNG.
 """
-import json
 import logging
 import os
 import time
@@ -23,8 +22,8 @@ import tensorflow as tf
 from pipelines import speech_features, speech_sources, spoken_digits
 from pipelines.speech_features import CharVocab
 from tfawd import reporting, speech_eval
+from tfawd.checkpoints import RunCheckpoints
 from tfawd.las import ListenAttendSpell
-from tfawd.models import weights_checkpoint
 
 N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
 
@@ -186,19 +185,11 @@ class SpeechTrainer:
             setattr(self.run, name, tf.Variable(value, dtype=tf.int64, trainable=False))
         self.run.best_cer = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
         self.run.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        ckpt = tf.train.Checkpoint(model=weights_checkpoint(self.model),
-                                   optimizer=self.optimizer, run=self.run)
-        self.manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, "ckpt"), 2)
-        self.best = tf.train.CheckpointManager(weights_checkpoint(self.model),
-                                               os.path.join(cfg.model_dir, "best"), 1)
-        self.history_path = os.path.join(cfg.model_dir, "history.json")
-        self.history = []
-        if self.manager.latest_checkpoint:
-            ckpt.restore(self.manager.latest_checkpoint).assert_consumed()
-            with open(self.history_path) as f:
-                self.history = json.load(f)
-            logging.info("Resumed from %s: epoch %d, batch %d", self.manager.latest_checkpoint,
-                         int(self.run.epoch), int(self.run.batch))
+        ckpts = RunCheckpoints(self.model, cfg.model_dir, optimizer=self.optimizer, run=self.run)
+        self.manager, self.best = ckpts.manager, ckpts.best
+        self.history_path, self.history = ckpts.history_path, ckpts.history
+        if ckpts.resumed:
+            logging.info("Resumed at epoch %d, batch %d", int(self.run.epoch), int(self.run.batch))
         tb = os.path.join(cfg.model_dir, "tb")
         self.writers = {k: tf.summary.create_file_writer(os.path.join(tb, k))
                         for k in ("train", "valid")}
@@ -294,7 +285,7 @@ class SpeechTrainer:
         outputs of the first validation utterances."""
         if not self.best.latest_checkpoint:
             raise RuntimeError(f"no trained weights in {self.cfg.model_dir}/best: train first")
-        weights_checkpoint(self.model).restore(self.best.latest_checkpoint).assert_consumed()
+        self.best.checkpoint.restore(self.best.latest_checkpoint).assert_consumed()
         decoders = {"greedy": self.greedy}
         if self.cfg.beam_size > 1:
             decoders["beam"] = make_decoder(self.model, self.cfg.max_decode_len, self.cfg.beam_size)

@@ -32,7 +32,8 @@ from tfawd.reporting import progress_bar
 from tfawd.evaluation import Evaluator
 from tfawd.losses import (activation_regularization, clip_gradients, perplexity,
                           temporal_activation_regularization, token_nll)
-from tfawd.models import build_model, weights_checkpoint
+from tfawd.checkpoints import RunCheckpoints
+from tfawd.models import build_model
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
 
 
@@ -163,19 +164,11 @@ class Trainer:
         self.optimizer = make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
         self.state = RunState(self.model, cfg.batch_size, cfg.lr)
-        ckpt = tf.train.Checkpoint(model=weights_checkpoint(self.model),
-                                   optimizer=self.optimizer, run=self.state)
-        self.manager = tf.train.CheckpointManager(ckpt, os.path.join(cfg.model_dir, "ckpt"), 2)
-        self.best = tf.train.CheckpointManager(weights_checkpoint(self.model),
-                                               os.path.join(cfg.model_dir, "best"), 1)
-        self.history_path = os.path.join(cfg.model_dir, "history.json")
-        self.history = []
-        if self.manager.latest_checkpoint:
-            ckpt.restore(self.manager.latest_checkpoint).assert_consumed()
-            with open(self.history_path) as f:
-                self.history = json.load(f)
-            logging.info("Resumed from %s: epoch %d, window %d, step %d",
-                         self.manager.latest_checkpoint, int(self.state.epoch),
+        ckpts = RunCheckpoints(self.model, cfg.model_dir, optimizer=self.optimizer, run=self.state)
+        self.manager, self.best = ckpts.manager, ckpts.best
+        self.history_path, self.history = ckpts.history_path, ckpts.history
+        if ckpts.resumed:
+            logging.info("Resumed at epoch %d, window %d, step %d", int(self.state.epoch),
                          int(self.state.window), int(self.state.step))
         if init_from and not self.manager.latest_checkpoint:
             self._start_finetuning(init_from)

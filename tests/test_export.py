@@ -1,0 +1,331 @@
+"""SavedModel export for TF Serving (issue 7): contract tests.
+
+Tiny models are exported in-process; each export is then loaded in ONE fresh subprocess where
+keras and the project cannot be imported (blocked), which calls every signature with good and
+bad requests and lists the graph's ops; `saved_model_cli show/run` (TF Serving's TF1 loader path) runs in subprocesses.
+Expected values are computed here with the in-process model.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+import wave
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import speech_features
+from pipelines.speech_features import CharVocab
+from pipelines.vocab import EOS, UNK, Vocabulary
+from tfawd import export, inference, las
+from tfawd.export_lm import MAX_WORDS
+from tfawd.models import AwdLstmModel
+from tfawd.speech_training import encoder_frames
+
+CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+RATE, MAX_DECODE = 8000, 10
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+# Shared by both fresh processes: load, call, record outcomes, list ops, check imports.
+PRELUDE = r'''
+import json, sys
+
+# Keras and the project cannot be imported here: the SavedModel must not need them (TF's own
+# __init__ tries to import keras and carries on without it).
+for blocked in ("keras", "tf_keras", "tfawd", "pipelines"):
+    sys.modules[blocked] = None
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+
+path, params = sys.argv[1], json.loads(sys.argv[2])
+loaded = tf.saved_model.load(path)
+results = {"signatures": sorted(loaded.signatures)}
+
+def plain(v):
+    v = v.numpy()
+    if v.dtype == object:
+        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(v).tolist()
+    return v.tolist()
+
+def call(name, signature, **inputs):
+    try:
+        out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        results[name] = {k: plain(v) for k, v in out.items()}
+    except tf.errors.InvalidArgumentError as e:
+        results[name] = {"invalid_argument": e.message}
+'''
+EPILOGUE = r'''
+sm = saved_model_pb2.SavedModel()
+with open(path + "/saved_model.pb", "rb") as f:
+    sm.ParseFromString(f.read())
+ops = set()
+for graph in sm.meta_graphs:
+    ops.update(n.op for n in graph.graph_def.node)
+    for fn in graph.graph_def.library.function:
+        ops.update(n.op for n in fn.node_def)
+results["ops"] = sorted(ops)
+results["unregistered_ops"] = sorted(op for op in ops if op_def_registry.get(op) is None)
+results["imported"] = sorted(m for m, module in sys.modules.items() if module is not None
+                             and m.split(".")[0] in ("tfawd", "keras", "pipelines", "tf_keras"))
+print(json.dumps(results))
+'''
+
+LM_REQUESTS = r'''
+V = params["vocab_size"]
+texts = params["texts"]
+long_line = " ".join(f"w{i % 15}" for i in range(20000))
+call("good", "next_words", text=texts, k=3)
+call("default", "serving_default", text=texts[:1], k=3)
+call("score", "score", text=texts)
+for name, text in (("empty", ""), ("whitespace", " \t  "), ("non_utf8", b"\xff\xfe\xfa w3"),
+                   ("unknown", "qqq zzz"), ("unknown_w3", "qqq w3"),
+                   ("literal_unk", "<unk> <unk>"), ("long", long_line),
+                   ("long_tail", " ".join(long_line.split()[-params["max_words"]:]))):
+    call(name, "next_words", text=[text], k=2)
+    call("score_" + name, "score", text=[text])
+call("k0", "next_words", text=["w1"], k=0)
+call("k_vocab", "next_words", text=["w1"], k=V)
+call("k_huge", "next_words", text=["w1"], k=V + 100)
+gen = dict(prompt=["w1 w2", ""], num_tokens=6, temperature=0.8, top_k=5, top_p=0.9,
+           seed=np.int64(7))
+call("sample", "generate", **gen)
+call("sample_again", "generate", **gen)
+call("greedy", "generate", **{**gen, "temperature": 0.0})
+for name, change in (("negative_tokens", {"num_tokens": -3}), ("zero_tokens", {"num_tokens": 0}),
+                     ("top_p_zero", {"top_p": 0.0}), ("top_p_big", {"top_p": 1.5}),
+                     ("top_p_negative", {"top_p": -0.5}), ("temperature_negative",
+                     {"temperature": -1.0}), ("top_k_big", {"top_k": V + 1}),
+                     ("top_k_negative", {"top_k": -1})):
+    call(name, "generate", **{**gen, **change})
+call("generate_empty", "generate", **{**gen, "prompt": ["", "   "]})
+'''
+
+SPEECH_REQUESTS = r'''
+wavs = [bytes.fromhex(h) for h in params["wavs"]]
+feats = np.load(params["features"])
+call("wav", "transcribe_wav", wav=wavs)
+call("default", "serving_default", wav=wavs)
+call("features", "transcribe_features", features=feats,
+     lengths=np.array(params["frames"], np.int32))
+for name, wav in (("not_wav", b"hello, this is not audio at all"), ("empty_bytes", b""),
+                  ("riff_only", b"RIFF"), ("wrong_rate", bytes.fromhex(params["wrong_rate"])),
+                  ("zero_length", bytes.fromhex(params["zero_length"]))):
+    call(name, "transcribe_wav", wav=[wav])
+call("features_39", "transcribe_features", features=np.zeros([1, 5, 39], np.float32),
+     lengths=np.array([5], np.int32))
+call("features_zero_length", "transcribe_features", features=np.zeros([1, 5, 40], np.float32),
+     lengths=np.array([0], np.int32))
+call("features_too_long", "transcribe_features", features=np.zeros([1, 5, 40], np.float32),
+     lengths=np.array([9], np.int32))
+'''
+
+
+def fresh(requests, path, params):
+    """Runs PRELUDE + requests + EPILOGUE in a new interpreter; its JSON results."""
+    out = subprocess.run([sys.executable, "-c", PRELUDE + requests + EPILOGUE, path,
+                          json.dumps(params)], capture_output=True, text=True, timeout=300,
+                         env=ENV, cwd=os.path.dirname(path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cli(*args):
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def check_contract(results, signatures):
+    assert set(signatures) <= set(results["signatures"])
+    assert results["imported"] == []  # neither tfawd nor keras was loaded
+    assert results["unregistered_ops"] == []
+    assert not {"PyFunc", "EagerPyFunc", "PyFuncStateless"} & set(results["ops"])
+
+
+def invalid(result, message):
+    assert "invalid_argument" in result, result
+    assert message in result["invalid_argument"]
+
+
+# -- language model -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    vocab = Vocabulary([f"w{i}" for i in range(17)] + ["café"])  # non-ASCII words too
+    model = AwdLstmModel(len(vocab), emsize=8, nhid=12, nlayers=2)
+    model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
+    bias = np.random.default_rng(0).normal(size=len(vocab)).astype(np.float32)
+    bias[vocab.unk_id] = 6.0  # <unk> would win everything if it were not masked
+    model.decoder_bias.assign(bias)
+    base = str(tmp_path_factory.mktemp("exports"))
+    paths = [export.export_language_model(model, vocab, base, "lm") for _ in range(2)]
+    return model, vocab, base, paths
+
+
+def test_language_model_export_contract(lm):
+    model, vocab, base, paths = lm
+    assert [os.path.basename(p) for p in paths] == ["1", "2"]
+    assert export.next_version(base, "lm") == 3
+    texts = ["w1 w2 w3", "w4 café", "w5 qqq w6 w7 w8", EOS]
+    cli_run = subprocess.Popen(  # saved_model_cli meanwhile, as TF Serving loads the model
+        [CLI, "run", "--dir", paths[1], "--tag_set", "serve", "--signature_def", "next_words",
+         "--input_exprs", 'text=["w1 w2", ""];k=3'], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=ENV)
+    r = fresh(LM_REQUESTS, paths[1], {"vocab_size": len(vocab), "texts": texts,
+                                      "max_words": MAX_WORDS})
+    check_contract(r, ["serving_default", "next_words", "score", "generate"])
+
+    # next-word probabilities equal the in-process model's, <unk> never proposed
+    rows = [vocab.encode([EOS] + t.split()) for t in texts]
+    probs = tf.nn.softmax(inference.next_word_scores(model, rows)).numpy()
+    allowed = np.where(np.arange(len(vocab)) == vocab.unk_id, -1, probs)
+    np.testing.assert_array_equal(r["good"]["ids"], np.argsort(-allowed, axis=1)[:, :3])
+    np.testing.assert_allclose(r["good"]["probabilities"],
+                               np.take_along_axis(probs, np.array(r["good"]["ids"]), 1), atol=1e-5)
+    assert r["good"]["words"][0] == vocab.decode(r["good"]["ids"][0])
+    assert r["default"]["ids"] == r["good"]["ids"][:1]
+
+    # score: every word and the closing <eos>, as training scores a line
+    ids = vocab.encode([EOS] + texts[0].split() + [EOS])
+    logits, _ = model(tf.constant(ids[None, :-1]), model.initial_state(1))
+    logp = tf.nn.log_softmax(logits[0]).numpy()[np.arange(len(ids) - 1), ids[1:]]
+    np.testing.assert_allclose(r["score"]["log_probs"][0][:4], logp, atol=1e-5)
+    assert r["score"]["tokens"][0][:4] == ["w1", "w2", "w3", EOS]
+    assert r["score"]["lengths"] == [4, 3, 6, 2]
+    assert r["score"]["tokens"][1][:2] == ["w4", "café"]
+    np.testing.assert_allclose(r["score"]["perplexity"][0], np.exp(-logp.mean()), rtol=1e-5)
+    assert r["score"]["num_unknown"] == [0, 0, 1, 0]
+
+    # defined results for odd lines: an empty line is the first word's distribution
+    assert r["empty"] == r["whitespace"]
+    first = tf.nn.softmax(inference.next_word_scores(model, [[vocab.index[EOS]]]))[0].numpy()
+    np.testing.assert_allclose(r["empty"]["probabilities"][0], np.sort(
+        np.where(np.arange(len(vocab)) == vocab.unk_id, -1, first))[::-1][:2], atol=1e-5)
+    assert r["score_empty"]["tokens"] == [[EOS]] and r["score_empty"]["lengths"] == [1]
+    assert r["unknown"] == r["literal_unk"]  # unknown words read as <unk>
+    assert r["non_utf8"] == r["unknown_w3"]  # invalid bytes: an unknown word
+    assert r["score_unknown"]["num_unknown"] == [2] and r["score_literal_unk"]["num_unknown"] == [0]
+    assert r["score_non_utf8"]["num_unknown"] == [1]
+    assert r["long"] == r["long_tail"]  # cut to its last MAX_WORDS words
+    assert r["score_long"]["lengths"] == [MAX_WORDS + 1]
+
+    # bad parameters: InvalidArgument naming them
+    invalid(r["k0"], "k must be >= 1")
+    invalid(r["k_vocab"], f"k must be at most {len(vocab) - 1}")
+    invalid(r["k_huge"], f"k must be at most {len(vocab) - 1}")
+    invalid(r["negative_tokens"], "num_tokens must be >= 1")
+    invalid(r["zero_tokens"], "num_tokens must be >= 1")
+    for name in ("top_p_zero", "top_p_big", "top_p_negative"):
+        invalid(r[name], "top_p must be in (0, 1]")
+    invalid(r["temperature_negative"], "temperature must be >= 0")
+    invalid(r["top_k_big"], "top_k must be at most")
+    invalid(r["top_k_negative"], "top_k must be >= 0")
+
+    # generation: the in-graph loop equals inference.generate, seeded, never <unk>
+    prompts = [vocab.encode([EOS, "w1", "w2"]), vocab.encode([EOS])]
+    want, _ = inference.generate(model, prompts, 6, "sample", temperature=0.8, top_k=5,
+                                 top_p=0.9, seed=7, banned_ids=[vocab.unk_id])
+    assert r["sample"]["tokens"] == [vocab.decode(w) for w in want]
+    assert r["sample"] == r["sample_again"]
+    assert r["sample"]["text"][0] == " ".join(r["sample"]["tokens"][0])
+    greedy, _ = inference.generate(model, prompts, 6, "greedy", banned_ids=[vocab.unk_id])
+    assert r["greedy"]["tokens"] == [vocab.decode(w) for w in greedy]
+    assert len(r["generate_empty"]["tokens"][1]) == 6
+    for out in (r["sample"], r["greedy"], r["generate_empty"]):
+        assert UNK not in sum(out["tokens"], [])
+
+    shown = cli("show", "--all", "--dir", paths[1])
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("next_words", "score", "generate", "serving_default", "num_tokens", "top_p"):
+        assert name in shown.stdout
+    stdout, stderr = cli_run.communicate(timeout=300)
+    assert cli_run.returncode == 0, stderr[-2000:]
+    assert "Result for output key probabilities" in stdout and "b'w" in stdout
+
+
+# -- speech ---------------------------------------------------------------------------------
+def wav_bytes(samples, rate=RATE):
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.asarray(samples) * 32767).astype(np.int16).tobytes())
+    return buf.getvalue()
+
+
+def test_speech_export_contract(lm, tmp_path):
+    keras.utils.set_random_seed(1)
+    vocab = CharVocab()
+    model = las.ListenAttendSpell(len(vocab), listener_units=16, speller_units=24,
+                                  attention_dim=12, embed_dim=8, frame_stack=3, pyramid_layers=1)
+    model.teacher_forced(tf.zeros([1, 3, 40]), tf.constant([3]), tf.constant([[2]]))
+    base = lm[2]
+    path = export.export_speech_model(model, vocab, RATE, MAX_DECODE, base, "las")
+    assert os.path.basename(path) == "1"
+    config = open(export.write_models_config(base)).read()
+    assert "name: 'las'" in config and "base_path: '/models/lm'" in config
+    assert config.startswith("model_config_list {") and config.count("config {") == 2
+
+    rng = np.random.default_rng(0)
+    audio = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (3000, 1100)]
+    wavs = [wav_bytes(a) for a in audio]
+    # expected: the wav as training reads it (decode_wav), featurised, decoded in-process
+    decoded = [tf.audio.decode_wav(w, desired_channels=1)[0][:, 0] for w in wavs]
+    mels = [speech_features.log_mel(a, RATE).numpy() for a in decoded]
+    frames = [len(m) for m in mels]
+    padded = np.zeros([2, max(frames), 40], np.float32)
+    normed = np.zeros_like(padded)
+    for i, m in enumerate(mels):
+        padded[i, :len(m)] = m
+        normed[i, :len(m)] = speech_features.normalise(m)
+    tokens, scores, _ = model.greedy(tf.constant(normed), tf.constant(frames), MAX_DECODE)
+    np.save(tmp_path / "features.npy", padded)
+    np.save(tmp_path / "lengths.npy", np.array(frames, np.int32))
+    cli_run = subprocess.Popen(
+        [CLI, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+         "transcribe_features", "--inputs",
+         f"features={tmp_path / 'features.npy'};lengths={tmp_path / 'lengths.npy'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    r = fresh(SPEECH_REQUESTS, path, {
+        "wavs": [w.hex() for w in wavs], "features": str(tmp_path / "features.npy"),
+        "frames": frames, "wrong_rate": wav_bytes(audio[0], 16000).hex(),
+        "zero_length": wav_bytes([]).hex()})
+    check_contract(r, ["serving_default", "transcribe_wav", "transcribe_features"])
+
+    assert r["wav"]["transcripts"] == [vocab.decode(t) for t in tokens.numpy()]
+    np.testing.assert_allclose(r["wav"]["scores"], scores.numpy(), atol=1e-4)
+    assert np.array(r["wav"]["attention"]).shape[:2] == (2, MAX_DECODE)
+    assert r["wav"]["frames"] == encoder_frames(np.array(frames), 3, 1).tolist()
+    assert r["features"]["transcripts"] == r["wav"]["transcripts"]
+    np.testing.assert_allclose(r["features"]["scores"], r["wav"]["scores"], atol=1e-4)
+    assert r["default"]["transcripts"] == r["wav"]["transcripts"]
+
+    for name in ("not_wav", "empty_bytes", "riff_only"):
+        invalid(r[name], "not a WAV file")
+    invalid(r["wrong_rate"], f"sample rate is not {RATE} Hz")
+    invalid(r["zero_length"], "zero-length audio")
+    invalid(r["features_39"], "40 log-mel bands")
+    invalid(r["features_zero_length"], "lengths must be >= 1")
+    invalid(r["features_too_long"], "lengths must be at most")
+
+    shown = cli("show", "--all", "--dir", path)
+    assert shown.returncode == 0 and "transcribe_wav" in shown.stdout, shown.stderr[-2000:]
+    stdout, stderr = cli_run.communicate(timeout=300)
+    assert cli_run.returncode == 0, stderr[-2000:]
+    assert "Result for output key transcripts" in stdout
+
+
+def test_export_flags_reach_both_configs():
+    from absl import flags
+    from tfawd import config, speech_config
+    fv = flags.FlagValues()
+    config.define_flags(fv)
+    speech_config.define_flags(fv)
+    fv([sys.argv[0], "--export_dir=/tmp/exports", "--export_name=digits"])
+    assert config.inference_from_flags(fv).export_dir == "/tmp/exports"
+    assert speech_config.from_flags(fv).export_name == "digits"
+    assert config.InferenceConfig().export_dir == speech_config.SpeechConfig().export_dir

@@ -1,0 +1,129 @@
+"""The language model's serving signatures (`next_words`, `score`, `generate`; see
+`tfawd.export` for their inputs and outputs). Everything runs in the graph with standard kernels:
+tokenisation (`tf.strings.split`), the vocabulary (`tf.lookup.StaticHashTable`, unknown words
+to `<unk>`), the model, and generation (`inference.sampling_loop`, a `tf.while_loop` carrying the
+LSTM state). Bad parameters fail `tf.debugging` assertions (InvalidArgument naming them)
+before anything runs.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipelines.vocab import EOS, UNK
+from tfawd import inference
+from tfawd.export import save_version
+
+MAX_WORDS = 256  # a line is cut to its last MAX_WORDS words (logits are [B, words, V])
+MAX_GENERATE = 1024  # most tokens one generate request may ask for
+# Whitespace Python's str.split() (the training tokeniser) splits on beyond ASCII's.
+_UNICODE_SPACES = (r"[\x{1c}-\x{1f}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+                   r"\x{202f}\x{205f}\x{3000}]")
+
+
+class LanguageModelSignatures:
+    """The signature functions of `model` with `vocab`; `lookup` is the table to track."""
+
+    def __init__(self, model, vocab, max_words: int = MAX_WORDS):
+        self.model, self.max_words = inference._WeakModel(model), max_words
+        self.size, self.unk, self.eos = len(vocab), vocab.unk_id, vocab.index[EOS]
+        self.words = np.array([w.encode("utf-8") for w in vocab.words], dtype=object)
+        self.lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self.words,
+                                                np.arange(self.size, dtype=np.int64)),
+            default_value=self.unk)
+
+    def _tokens(self, text):
+        """string [B] -> (ids [B, L] int32 padded with <eos>, lengths [B], unknown [B]):
+        whitespace-separated words (after replacing invalid UTF-8), the last max_words."""
+        text = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+        words = tf.strings.split(tf.strings.regex_replace(text, _UNICODE_SPACES, " "))
+        words = words[:, -self.max_words:]
+        ids = tf.cast(self.lookup.lookup(words), tf.int32)
+        unknown = tf.reduce_sum(tf.cast((ids == self.unk) & (words != UNK), tf.int32), axis=1)
+        return ids.to_tensor(default_value=self.eos), tf.cast(ids.row_lengths(), tf.int32), unknown
+
+    def _read(self, text):
+        """(inputs [B, L + 1]: <eos> then each line's words, lengths [B] of those, unknown)."""
+        ids, lengths, unknown = self._tokens(text)
+        start = tf.fill([tf.shape(ids)[0], 1], self.eos)
+        return tf.concat([start, ids], axis=1), lengths + 1, unknown
+
+    def _logits(self, inputs):
+        logits, _ = self.model(inputs, self.model.initial_state(tf.shape(inputs)[0]))
+        return tf.cast(logits, tf.float32)
+
+    def _word(self, ids):
+        return tf.gather(tf.constant(self.words), ids)
+
+    def _checked(self, value, checks):
+        with tf.control_dependencies(checks):
+            return tf.identity(value)
+
+    def next_words(self, text, k):
+        allowed = self.size - 1  # every word but <unk>
+        k = self._checked(k, [
+            tf.debugging.assert_positive(k, message="k must be >= 1"),
+            tf.debugging.assert_less_equal(k, allowed, message=f"k must be at most {allowed}, "
+                                           f"the vocabulary without {UNK}")])
+        inputs, lengths, _ = self._read(text)
+        last = tf.gather(self._logits(inputs), lengths - 1, batch_dims=1)
+        probs = tf.nn.softmax(last)
+        top = tf.math.top_k(tf.where(tf.range(self.size) == self.unk, -1.0, probs), k)
+        return {"words": self._word(top.indices), "probabilities": top.values, "ids": top.indices}
+
+    def score(self, text):
+        inputs, lengths, unknown = self._read(text)
+        targets = tf.concat([inputs[:, 1:], inputs[:, :1]], axis=1)  # words, then <eos>s
+        logp = tf.gather(tf.nn.log_softmax(self._logits(inputs)), targets, batch_dims=2)
+        mask = tf.sequence_mask(lengths, tf.shape(targets)[1])
+        logp = tf.where(mask, logp, 0.0)
+        perplexity = tf.exp(-tf.reduce_sum(logp, axis=1) / tf.cast(lengths, tf.float32))
+        return {"tokens": tf.where(mask, self._word(targets), ""), "log_probs": logp,
+                "lengths": lengths, "perplexity": perplexity, "num_unknown": unknown}
+
+    def generate(self, prompt, num_tokens, temperature, top_k, top_p, seed):
+        allowed = self.size - 1
+        checks = [
+            tf.debugging.assert_positive(num_tokens, message="num_tokens must be >= 1"),
+            tf.debugging.assert_less_equal(num_tokens, MAX_GENERATE,
+                                           message=f"num_tokens must be at most {MAX_GENERATE}"),
+            tf.debugging.assert_greater_equal(temperature, 0.0, message="temperature must be "
+                                              ">= 0 (0: greedy)"),
+            tf.debugging.assert_less(temperature, np.inf, message="temperature must be finite"),
+            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0: no limit)"),
+            tf.debugging.assert_less_equal(top_k, allowed, message=f"top_k must be at most "
+                                           f"{allowed}, the vocabulary without {UNK}"),
+            tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
+            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]")]
+        num_tokens = self._checked(num_tokens, checks)
+        inputs, lengths, _ = self._read(prompt)
+        penalty = tf.where(tf.range(self.size) == self.unk, -np.inf, 0.0)
+        args = lambda t: (inputs, lengths, num_tokens, t, top_k, top_p, seed, penalty)  # noqa
+        tokens, logprobs = tf.cond(
+            temperature > 0,
+            lambda: inference.sampling_loop(self.model, False, *args(temperature)),
+            lambda: inference.sampling_loop(self.model, True, *args(1.0)))
+        words = self._word(tokens)
+        return {"text": tf.strings.reduce_join(words, axis=1, separator=" "), "tokens": words,
+                "log_probs": logprobs}
+
+
+def export_language_model(model, vocab, base_dir: str, name: str,
+                          max_words: int = MAX_WORDS) -> str:
+    """Writes `model` (an LM of `vocab`) as the next version of `<base_dir>/<name>`."""
+    sig = LanguageModelSignatures(model, vocab, max_words)
+    spec = tf.TensorSpec
+    text = [spec([None], tf.string, name="text")]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(sig.lookup)
+    archive.add_endpoint("next_words", sig.next_words,
+                         text + [spec([], tf.int32, name="k")])
+    archive.add_endpoint("serving_default", sig.next_words,
+                         text + [spec([], tf.int32, name="k")])
+    archive.add_endpoint("score", sig.score, text)
+    archive.add_endpoint("generate", sig.generate, [
+        spec([None], tf.string, name="prompt"), spec([], tf.int32, name="num_tokens"),
+        spec([], tf.float32, name="temperature"), spec([], tf.int32, name="top_k"),
+        spec([], tf.float32, name="top_p"), spec([], tf.int64, name="seed")])
+    return save_version(archive, base_dir, name)

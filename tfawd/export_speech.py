@@ -1,0 +1,98 @@
+"""The speech recogniser's serving signatures (`transcribe_wav`, `transcribe_features`; see
+`tfawd.export` for their inputs and outputs).
+
+Each wav is checked (RIFF/WAVE header, the model's sample rate, at least one sample), decoded
+with `tf.audio.decode_wav` (16-bit PCM; first channel, as the training sources read it) and
+featurised exactly as in training: `speech_features.log_mel` then `normalise` over the
+utterance. `transcribe_features` takes the log-mels and normalises each utterance over its own
+`lengths` frames, as training does with precomputed features. Decoding is `greedy` (a
+`tf.while_loop` of at most `max_decode_len` characters); a transcript stops at its `<eos>`.
+"""
+import keras
+import tensorflow as tf
+
+from pipelines import speech_features
+from pipelines.speech_features import N_MELS
+from tfawd.export import save_version
+from tfawd.speech_training import encoder_frames
+
+
+class SpeechSignatures:
+    def __init__(self, model, char_vocab, sample_rate: int, max_decode_len: int):
+        self.model, self.vocab = model, char_vocab
+        self.sample_rate, self.max_len = int(sample_rate), int(max_decode_len)
+
+    def _featurise(self, wav):
+        """One wav file's bytes -> normalised log-mels [T, 40], after the checks."""
+        head = tf.strings.substr(tf.strings.join([wav, " " * 12]), 0, 12)
+        is_wav = ((tf.strings.substr(head, 0, 4) == "RIFF")
+                  & (tf.strings.substr(head, 8, 4) == "WAVE"))
+        check = tf.debugging.Assert(is_wav, ["not a WAV file (no RIFF/WAVE header): send the "
+                                             "bytes of a 16-bit PCM .wav file"])
+        with tf.control_dependencies([check]):
+            audio, rate = tf.audio.decode_wav(wav, desired_channels=1)
+        checks = [
+            tf.debugging.assert_equal(rate, self.sample_rate, message=(
+                f"the wav's sample rate is not {self.sample_rate} Hz, the rate this model's "
+                "features are computed at; resample the audio")),
+            tf.debugging.assert_positive(tf.shape(audio)[0], message="zero-length audio: the "
+                                         "wav has no samples")]
+        with tf.control_dependencies(checks):
+            audio = tf.identity(audio[:, 0])
+        return speech_features.normalise(speech_features.log_mel(audio, self.sample_rate))
+
+    def _decode(self, features, frames):
+        tokens, scores, attention = self.model.greedy(features, frames, self.max_len)
+        chars = tf.constant([t.encode("utf-8") for t in self.vocab.tokens])
+        before_eos = tf.cumsum(tf.cast(tokens == self.vocab.eos_id, tf.int32), axis=1) == 0
+        keep = before_eos & (tokens >= 3)  # <pad>, <sos>, <eos> are not characters
+        text = tf.strings.reduce_join(tf.where(keep, tf.gather(chars, tokens), ""), axis=1)
+        listener = self.model.listener
+        return {"transcripts": text, "scores": scores, "attention": attention,
+                "frames": encoder_frames(frames, listener.frame_stack, listener.pyramid_layers)}
+
+    def transcribe_wav(self, wav):
+        feats = tf.map_fn(self._featurise, wav, fn_output_signature=tf.RaggedTensorSpec(
+            [None, N_MELS], tf.float32, ragged_rank=0))
+        return self._decode(feats.to_tensor(), tf.cast(feats.row_lengths(), tf.int32))
+
+    def transcribe_features(self, features, lengths):
+        shape = tf.shape(features)
+        checks = [
+            tf.debugging.assert_equal(tf.rank(features), 3, message="features must be "
+                                      "[batch, frames, 40]"),
+            tf.debugging.assert_equal(shape[-1], N_MELS, message=f"features must have "
+                                      f"{N_MELS} log-mel bands in the last dimension"),
+            tf.debugging.assert_equal(tf.shape(lengths)[0], shape[0], message="lengths must "
+                                      "have one entry per utterance of features"),
+            tf.debugging.assert_positive(lengths, message="lengths must be >= 1 (zero-length "
+                                         "utterance)"),
+            tf.debugging.assert_less_equal(lengths, shape[1], message="lengths must be at most "
+                                           "the frames dimension of features")]
+        with tf.control_dependencies(checks):
+            features = tf.ensure_shape(features, [None, None, N_MELS])
+            lengths = tf.identity(lengths)
+
+        def one(args):
+            feats, n = args
+            normed = speech_features.normalise(feats[:n])
+            return tf.pad(normed, [[0, tf.shape(feats)[0] - n], [0, 0]])
+
+        normed = tf.map_fn(one, (features, lengths), fn_output_signature=tf.TensorSpec(
+            [None, N_MELS], tf.float32))
+        return self._decode(normed, lengths)
+
+
+def export_speech_model(model, char_vocab, sample_rate: int, max_decode_len: int,
+                        base_dir: str, name: str) -> str:
+    """Writes the recogniser `model` as the next version of `<base_dir>/<name>`."""
+    sig = SpeechSignatures(model, char_vocab, sample_rate, max_decode_len)
+    archive = keras.export.ExportArchive()
+    # no track(model): LAS has no call(), so Keras never marks it built; the endpoints
+    # capture its variables, which ExportArchive saves.
+    archive.add_endpoint("transcribe_wav", sig.transcribe_wav,
+                         [tf.TensorSpec([None], tf.string, name="wav")])
+    archive.add_endpoint("transcribe_features", sig.transcribe_features,
+                         [tf.TensorSpec([None, None, None], tf.float32, name="features"),
+                          tf.TensorSpec([None], tf.int32, name="lengths")])
+    return save_version(archive, base_dir, name)
