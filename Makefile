@@ -36,9 +36,11 @@ train-lm: $(STAMP)
 train-speech: $(STAMP)
 	$(MAKE) run CONFIG=$(SPEECH_CONFIG)
 
-## Run one flagfile (CONFIG=...) and copy its results, plots and attention maps to results/.
+## Run one flagfile (CONFIG=...): train, evaluate, export to saved_models/, and copy its
+## results, plots and attention maps to results/.
 run: $(STAMP)
 	$(PY) main.py --flagfile=$(CONFIG) --model_dir=$(MODEL_DIR)
+	$(PY) main.py --flagfile=$(CONFIG) --model_dir=$(MODEL_DIR) --mode=export
 	mkdir -p results && cp $(MODEL_DIR)/results.json results/$(NAME).json
 	cp $(MODEL_DIR)/loss_curve.png results/$(NAME)_loss_curve.png
 	cp $(MODEL_DIR)/history.json results/$(NAME)_history.json
