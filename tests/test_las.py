@@ -144,10 +144,17 @@ def test_error_rates_on_hand_made_strings():
 
 def test_diagonality_score():
     diag = np.eye(5)[None]
-    assert speech_eval.diagonality(diag, [5], [5]) == {"monotonic": 1.0, "near_peak_mass": 1.0,
-                                                        "steps": 5}
+    assert speech_eval.diagonality(diag, [5], [5]) == {
+        "monotonic": 1.0, "monotonic_within_tolerance": 1.0, "tolerance": 4,
+        "near_peak_mass": 1.0, "steps": 5}
     backwards = np.eye(4)[::-1][None]
     assert speech_eval.diagonality(backwards, [4], [4])["monotonic"] == 0.0
+    # peaks 0, 6, 3, 9, 1: moves +6, -3, +6, -8 -> strict 2/4, within 4 frames 3/4
+    jitter = np.eye(10)[[0, 6, 3, 9, 1]][None]
+    score = speech_eval.diagonality(jitter, [5], [10], tolerance=4)
+    assert score["monotonic"] == 0.5 and score["monotonic_within_tolerance"] == 0.75
+    # only the first out_lengths steps and frames count
+    assert speech_eval.diagonality(jitter, [2], [10])["monotonic"] == 1.0
     flat = np.full((1, 2, 20), 1 / 20)
     assert speech_eval.diagonality(flat, [2], [20], width=3)["near_peak_mass"] == pytest.approx(4 / 20)
 

@@ -4,8 +4,10 @@
   length (`tf.edit_distance` with normalize=False, summed), the usual corpus-level definition.
 - `diagonality`: how monotonic an alignment is. For each decoder step up to the output's
   `<eos>`, the attention peak (argmax over frames); `monotonic` is the fraction of steps whose
-  peak does not move backwards, `near_peak_mass` the mean attention mass within +-`width`
-  frames of the peak.
+  peak does not move backwards (strict), `monotonic_within_tolerance` the fraction that moves
+  back by at most `tolerance` frames (the speller often reads a word's letters from frames
+  in slightly different order inside the word, as the BiLSTM spreads the word over them),
+  `near_peak_mass` the mean attention mass within +-`width` frames of the peak.
 - `plot_attention`: one PNG per utterance, output characters against input frames.
 """
 import io
@@ -35,19 +37,23 @@ def error_rates(hyps, refs) -> dict:
     return {"cer": chars[0] / max(chars[1], 1), "wer": words[0] / max(words[1], 1)}
 
 
-def diagonality(attention, out_lengths, frames, width: int = 3) -> dict:
+def diagonality(attention, out_lengths, frames, width: int = 3, tolerance: int = 4) -> dict:
     """attention [N, L, T] (numpy), out_lengths [N] decoder steps to score (incl. <eos>),
-    frames [N] encoder frames -> {"monotonic", "near_peak_mass", "steps"}."""
+    frames [N] encoder frames -> {"monotonic", "monotonic_within_tolerance", "tolerance",
+    "near_peak_mass", "steps"}."""
     moves, masses = [], []
     for a, n, t in zip(attention, out_lengths, frames):
         a = np.asarray(a)[:n, :t]
         if n == 0:
             continue
         peaks = a.argmax(axis=1)
-        moves.extend(np.diff(peaks) >= 0)
+        moves.extend(np.diff(peaks))
         for step, p in enumerate(peaks):
             masses.append(a[step, max(0, p - width):p + width + 1].sum())
-    return {"monotonic": float(np.mean(moves)) if moves else 1.0,
+    moves = np.asarray(moves)
+    return {"monotonic": float(np.mean(moves >= 0)) if moves.size else 1.0,
+            "monotonic_within_tolerance": float(np.mean(moves >= -tolerance)) if moves.size else 1.0,
+            "tolerance": tolerance,
             "near_peak_mass": float(np.mean(masses)) if masses else 0.0,
             "steps": len(masses)}
 

@@ -257,7 +257,7 @@ class SpeechTrainer:
         scores.update(speech_eval.diagonality(result["attention"], result["out_lengths"],
                                               result["frames"]))
         with self.writers["valid"].as_default(step=int(self.run.step)):
-            for k in ("cer", "wer", "monotonic", "near_peak_mass"):
+            for k in ("cer", "wer", "monotonic", "monotonic_within_tolerance", "near_peak_mass"):
                 tf.summary.scalar(k, scores[k])
             if images:
                 pics = [speech_eval.attention_image(a, list(h) + ["<eos>"], r) for a, h, r in zip(
