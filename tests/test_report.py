@@ -34,6 +34,11 @@ def test_write_readme_replaces_only_the_generated_block(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
     assert "95.50" in text
+    (tmp_path / "r" / "broken.json").write_text(json.dumps({"model": "las", "flags": {}}))
+    readme.write_text(f"keep\n{report.START}\n{report.END}\n")
+    with pytest.raises(KeyError):  # a table that cannot be rendered leaves README as it was
+        report.write_readme(str(readme), str(tmp_path / "r"))
+    assert readme.read_text() == f"keep\n{report.START}\n{report.END}\n"
     readme.write_text("no markers")
     with pytest.raises(SystemExit, match="report:start"):
         report.write_readme(str(readme), str(tmp_path / "r"))
@@ -46,6 +51,7 @@ def test_a_speech_run_gets_a_row_of_error_rates(tmp_path):
            "test_beam": {"cer": 0.025, "wer": 0.07}, "diagonality_first10": {"monotonic": 0.987}}
     (tmp_path / "las.json").write_text(json.dumps(run))
     (tmp_path / "awd.json").write_text(json.dumps(RUN))
+    (tmp_path / "las_history.json").write_text(json.dumps([{"step": 1}]))
     table = report.speech_table(str(tmp_path))
     row = table.splitlines()[-1]
     assert row.startswith("| spoken_digits | 2.00% / 5.00% | 3.10% / 8.00% (2.50% / 7.00%) | - |")

@@ -125,7 +125,8 @@ def _diagonality(d) -> str:
 def speech_table(results_dir: str = "results") -> str:
     """One row per speech run (results.json with model las)."""
     runs = [(p, _load(p)) for p in sorted(glob.glob(os.path.join(results_dir, "*.json")))]
-    runs = [(p, r) for p, r in runs if r.get("model") == "las" and "flags" in r]
+    runs = [(p, r) for p, r in runs if isinstance(r, dict) and r.get("model") == "las"
+            and "flags" in r]  # (histories are lists)
     if not runs:
         return ""
     lines = ["CER / WER with greedy decoding (beam search in brackets). Test: digits test takes "
@@ -165,8 +166,10 @@ def write_readme(readme: str = "README.md", results_dir: str = "results") -> Non
         raise SystemExit(f"{readme} has no {START} ... {END} block to replace")
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(head + render(results_dir) + tail)
+    fresh = head + render(results_dir) + tail  # rendered before the file is touched
+    with open(f"{readme}.tmp", "w", encoding="utf-8") as f:
+        f.write(fresh)
+    os.replace(f"{readme}.tmp", readme)
 
 
 if __name__ == "__main__":
