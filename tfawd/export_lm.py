@@ -95,7 +95,9 @@ class LanguageModelSignatures:
                                            f"{allowed}, the vocabulary without {UNK}"),
             tf.debugging.assert_positive(top_p, message="top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1]")]
-        num_tokens = self._checked(num_tokens, checks)
+        # every parameter passes through the checks, so no op reads one before they ran
+        num_tokens, temperature, top_k, top_p = (self._checked(v, checks) for v in (
+            num_tokens, temperature, top_k, top_p))
         inputs, lengths, _ = self._read(prompt)
         penalty = tf.where(tf.range(self.size) == self.unk, -np.inf, 0.0)
         args = lambda t: (inputs, lengths, num_tokens, t, top_k, top_p, seed, penalty)  # noqa
