@@ -133,17 +133,19 @@ def encoder_frames(frames, frame_stack: int, pyramid_layers: int):
 def transcribe(decode, data, vocab, frame_stack=1, pyramid_layers=0) -> dict:
     """Decodes a batched split: hypotheses, references, attention maps (trimmed to output
     length incl. <eos> and to the utterance's encoder frames), in dataset order."""
-    out = {"hyps": [], "refs": [], "attention": [], "out_lengths": [], "frames": []}
+    out = {"hyps": [], "refs": [], "attention": [], "out_lengths": [], "frames": [], "steps": []}
     for batch in data:
         tokens, _, attn = decode(batch["features"], batch["frames"])
         enc = encoder_frames(batch["frames"].numpy(), frame_stack, pyramid_layers)
         for tok, a, n, ref in zip(tokens.numpy(), attn.numpy(), enc, batch["transcript"].numpy()):
             hyp = vocab.decode(tok)
-            length = min(len(hyp) + 1, len(tok))
+            eos = np.flatnonzero(tok == vocab.eos_id)
+            length = int(eos[0]) + 1 if eos.size else len(tok)  # decoder steps up to <eos>
             out["hyps"].append(hyp)
             out["refs"].append(ref.decode())
             out["attention"].append(a[:length, :n])
             out["out_lengths"].append(length)
+            out["steps"].append([vocab.tokens[i] for i in tok[:length]])  # row labels of a plot
             out["frames"].append(int(n))
     return out
 
@@ -162,8 +164,7 @@ def _write_attention(model_dir, result, n=N_ATTENTION) -> dict:
                       np.float32)
     for i, m in enumerate(maps):
         padded[i, :m.shape[0], :m.shape[1]] = m
-        chars = list(result["hyps"][i]) + ["<eos>"]
-        speech_eval.plot_attention(m, chars[:m.shape[0]], os.path.join(folder, f"valid_{i:02d}.png"),
+        speech_eval.plot_attention(m, result["steps"][i], os.path.join(folder, f"valid_{i:02d}.png"),
                                    f"ref: {result['refs'][i]}\nhyp: {result['hyps'][i]}")
     np.save(os.path.join(model_dir, "attention.npy"), padded)
     return speech_eval.diagonality(maps, result["out_lengths"][:n], result["frames"][:n])
@@ -260,8 +261,8 @@ class SpeechTrainer:
             for k in ("cer", "wer", "monotonic", "monotonic_within_tolerance", "near_peak_mass"):
                 tf.summary.scalar(k, scores[k])
             if images:
-                pics = [speech_eval.attention_image(a, list(h) + ["<eos>"], r) for a, h, r in zip(
-                    result["attention"], result["hyps"], result["refs"])][:N_ATTENTION]
+                pics = [speech_eval.attention_image(a, steps, r) for a, steps, r in zip(
+                    result["attention"], result["steps"], result["refs"])][:N_ATTENTION]
                 for i, pic in enumerate(pics):
                     tf.summary.image(f"attention/valid_{i:02d}", pic[None], step=int(self.run.step))
         return scores
