@@ -38,6 +38,10 @@ flags.DEFINE_string("reference_script", os.path.join(REPO, "..", "shared", "benc
                                                      "torch_awd_reference.py"),
                     "The reference training script.")
 flags.DEFINE_string("out", None, "Also write the JSON here.")
+flags.DEFINE_string("profile_dir", "/tmp/tfawd_profile",
+                    "With --profile_steps=START,END: after timing, END-START training steps are "
+                    "traced into this folder (TensorBoard's Profile tab) and the op types taking "
+                    "most of their time are added to the JSON.")
 config.define_flags()
 FLAGS = flags.FLAGS
 
@@ -107,8 +111,39 @@ class TfawdStep:
         seconds = time.perf_counter() - start
         return {"tokens_per_s": tokens / seconds, "step_s": seconds / steps}
 
+    def profile(self, steps: int, logdir: str) -> list:
+        """Traces `steps` steps; returns the top ops by self time (needs xprof, which
+        tensorboard-plugin-profile installs)."""
+        import glob
+        import tensorflow as tf
+        tf.profiler.experimental.start(logdir)
+        self.run(steps)
+        tf.profiler.experimental.stop()
+        return top_ops(sorted(glob.glob(os.path.join(logdir, "plugins/profile/*/*.xplane.pb")))[-1])
+
     def traces(self) -> int:
         return self.step.experimental_get_tracing_count()
+
+
+def top_ops(xplane: str, n: int = 15) -> list:
+    """[{op type, self time %}] of the n op types taking most host self-time in a trace."""
+    try:
+        from xprof.convert import raw_to_tool_data
+    except ImportError:
+        return [{"skipped": "xprof is not installed (pip install tensorboard-plugin-profile)"}]
+    data, _ = raw_to_tool_data.xspace_to_tool_data([xplane], "framework_op_stats", {})
+    table = json.loads(data)
+    table = table[0] if isinstance(table, list) else table
+    cols = [c["id"] for c in table["cols"]]
+    by_type = {}
+    for row in table["rows"]:
+        cell = dict(zip(cols, (c["v"] if c else None for c in row["c"])))
+        if cell.get("host_or_device") not in (None, "Host"):
+            continue
+        by_type[cell["type"]] = by_type.get(cell["type"], 0.0) + float(cell["total_self_time"])
+    total = sum(by_type.values()) or 1.0
+    return [{"op": k, "self_time_pct": round(100 * v / total, 1)}
+            for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:n]]
 
 
 def run_reference(cfg, steps: int, warmup: int) -> dict:
@@ -169,6 +204,8 @@ def main(argv):
         tokens += int(x.shape[0] * x.shape[1])
     pipeline = tokens / (time.perf_counter() - start)
 
+    span = cfg.profile_range()
+    profile = ours.profile(span[1] - span[0], FLAGS.profile_dir) if span else None
     flops = training_flops_per_token(cfg, vocab_size)
     peak = matmul_peak_gflops(cfg.precision)
     tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
@@ -183,6 +220,9 @@ def main(argv):
         "achieved_fraction_of_peak": tfawd_median * flops / (peak * 1e9),
         "eval_tokens_per_s": evaluation, "pipeline_tokens_per_s": pipeline,
     }
+    if profile:
+        result["profile"] = {"dir": FLAGS.profile_dir, "steps": span[1] - span[0],
+                             "top_ops": profile}
     if with_reference:
         result["reference_tokens_per_s"] = statistics.median(
             r["reference"]["tokens_per_s"] for r in rounds)

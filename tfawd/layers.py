@@ -14,6 +14,8 @@ import math
 import keras
 import tensorflow as tf
 
+from tfawd.lstm_kernel import lstm_recurrence
+
 
 @keras.saving.register_keras_serializable("tfawd")
 class LockedDropout(keras.layers.Dropout):
@@ -105,13 +107,14 @@ class WeightDropLSTM(keras.layers.Layer):
     def call(self, inputs, initial_state=None, training=False):
         batch = tf.shape(inputs)[0]
         if initial_state is None:
-            zeros = tf.zeros([batch, self.units], self.compute_dtype)
+            zeros = tf.zeros([batch, self.units])
             initial_state = (zeros, zeros)
-        h0, c0 = (tf.cast(s, self.compute_dtype) for s in initial_state)
+        h0, c0 = (tf.cast(s, tf.float32) for s in initial_state)
         recurrent = tf.cast(self.dropped_recurrent_kernel(training), self.compute_dtype)
         if _gpu_available():
             from keras.src import backend  # Keras' cuDNN LSTM entry point
             try:
+                h0, c0 = (tf.cast(s, self.compute_dtype) for s in (h0, c0))
                 _, outputs, (h, c) = backend.lstm(
                     inputs, h0, c0, None, self.kernel, recurrent, self.bias,
                     activation=tf.tanh, recurrent_activation=tf.sigmoid, return_sequences=True)
@@ -122,22 +125,12 @@ class WeightDropLSTM(keras.layers.Layer):
         return (outputs, h, c) if self.return_state else outputs
 
     def _loop(self, inputs, h0, c0, recurrent):
-        """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U')."""
+        """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U') with the
+        hand-written recurrence of `lstm_kernel` (float32 state, one dU matmul per window)."""
         kernel, bias = (tf.cast(w, self.compute_dtype) for w in (self.kernel, self.bias))
         projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
-        steps = tf.shape(projected)[0]
-        xs = tf.TensorArray(projected.dtype, size=steps).unstack(projected)
-        hs = tf.TensorArray(projected.dtype, size=steps)
-
-        def step(t, h, c, hs):
-            i, f, g, o = tf.split(xs.read(t) + tf.matmul(h, recurrent), 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h = tf.sigmoid(o) * tf.tanh(c)
-            return t + 1, h, c, hs.write(t, h)
-
-        _, h, c, hs = tf.while_loop(lambda t, *_: t < steps, step,
-                                    (tf.constant(0), h0, c0, hs))
-        return tf.transpose(hs.stack(), [1, 0, 2]), h, c
+        hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
+        return tf.transpose(hs, [1, 0, 2]), h, c
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,

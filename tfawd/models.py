@@ -12,9 +12,15 @@ from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
 
 def tied_logits(h, embeddings, bias):
     """Weight tying (Inan et al. 2017; Press & Wolf 2017): the decoder is the embedding
-    matrix transposed, plus a bias; computed in h's precision."""
-    return (tf.matmul(h, tf.cast(embeddings, h.dtype), transpose_b=True)
-            + tf.cast(bias, h.dtype))
+    matrix transposed, plus a bias; computed in h's precision.
+
+    h [..., E] is flattened to one [N, E] x [E, V] matmul: a batched matmul against the shared
+    matrix would make its gradient a [B, V, E] tensor summed over the batch."""
+    flat = tf.reshape(h, [-1, h.shape[-1]])
+    logits = (tf.matmul(flat, tf.cast(embeddings, h.dtype), transpose_b=True)
+              + tf.cast(bias, h.dtype))
+    logits = tf.reshape(logits, tf.concat([tf.shape(h)[:-1], tf.shape(bias)], axis=0))
+    return tf.ensure_shape(logits, h.shape[:-1].concatenate(bias.shape))
 
 
 def _carried(h, c):

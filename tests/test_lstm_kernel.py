@@ -1,0 +1,83 @@
+"""The hand-written LSTM recurrence (tfawd/lstm_kernel.py) against autodiff of a plain loop."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfawd.lstm_kernel import lstm_recurrence
+
+
+def plain_lstm(z_in, h0, c0, recurrent):
+    """The textbook recurrence, differentiated by TensorFlow (float32)."""
+    h, c, hs = h0, c0, []
+    for t in range(z_in.shape[0]):
+        i, f, g, o = tf.split(z_in[t] + h @ recurrent, 4, axis=-1)
+        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        hs.append(h)
+    return tf.stack(hs), h, c
+
+
+def inputs(steps=6, batch=3, units=5, seed=0):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: tf.constant(rng.normal(size=s), tf.float32)  # noqa: E731
+    return f(steps, batch, 4 * units), f(batch, units), f(batch, units), f(units, 4 * units) * 0.5
+
+
+def loss_and_grads(fn, z, h0, c0, u, weights):
+    with tf.GradientTape() as tape:
+        tape.watch([z, h0, c0, u])
+        hs, h, c = fn(z, h0, c0, u)
+        # every output reaches the loss with its own weights (hs, h_T and c_T all matter)
+        loss = (tf.reduce_sum(tf.cast(hs, tf.float32) * weights[0])
+                + tf.reduce_sum(h * weights[1]) + tf.reduce_sum(c * weights[2]))
+    return (hs, h, c), tape.gradient(loss, [z, h0, c0, u])
+
+
+def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop():
+    z, h0, c0, u = inputs()
+    rng = np.random.default_rng(1)
+    weights = [tf.constant(rng.normal(size=s), tf.float32) for s in ([6, 3, 5], [3, 5], [3, 5])]
+    want_out, want_grads = loss_and_grads(plain_lstm, z, h0, c0, u, weights)
+    got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, weights)
+    for got, want in zip(got_out + tuple(got_grads), want_out + tuple(want_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_it_runs_in_a_tf_function_for_any_length_without_retracing():
+    z, h0, c0, u = inputs(steps=7)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3, 20]), tf.TensorSpec([3, 5]),
+                                  tf.TensorSpec([3, 5]), tf.TensorSpec([5, 20])])
+    def grads(z, h0, c0, u):
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            hs, _, _ = lstm_recurrence(z, h0, c0, u)
+            loss = tf.reduce_sum(hs)
+        return tape.gradient(loss, u)
+
+    for steps in (7, 3, 1):
+        _, want = loss_and_grads(plain_lstm, z[:steps], h0, c0, u,
+                                 [tf.ones([steps, 3, 5]), tf.zeros([3, 5]), tf.zeros([3, 5])])
+        np.testing.assert_allclose(grads(z[:steps], h0, c0, u), want[3], rtol=1e-5, atol=1e-6)
+    assert grads.experimental_get_tracing_count() == 1
+
+
+def test_bfloat16_matmuls_keep_a_float32_state_close_to_the_float32_result():
+    """Mixed precision: U and the outputs in bfloat16, h_T/c_T and the cell math float32."""
+    z, h0, c0, u = inputs(steps=20, batch=4, units=16)
+    hs32, h32, c32 = lstm_recurrence(z, h0, c0, u)
+    hs16, h16, c16 = lstm_recurrence(tf.cast(z, tf.bfloat16), h0, c0, tf.cast(u, tf.bfloat16))
+    assert hs16.dtype == tf.bfloat16 and h16.dtype == tf.float32 and c16.dtype == tf.float32
+    np.testing.assert_allclose(c16, c32, atol=0.05)
+    np.testing.assert_allclose(tf.cast(hs16, tf.float32), hs32, atol=0.03)
+    assert np.abs(c16 - c32).mean() < 0.01
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_short_windows(steps):
+    z, h0, c0, u = inputs(steps=steps)
+    w = [tf.ones([steps, 3, 5]), tf.ones([3, 5]), tf.ones([3, 5])]
+    want_out, want_grads = loss_and_grads(plain_lstm, z, h0, c0, u, w)
+    got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, w)
+    for got, want in zip(tuple(got_grads), tuple(want_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

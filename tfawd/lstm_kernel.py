@@ -1,0 +1,89 @@
+"""The LSTM recurrence with a hand-written backward pass, laid out for CPU speed.
+
+What autodiff of a `tf.while_loop` LSTM does is slow on CPU in two ways: every step of the
+backward loop multiplies h_{t-1}^T by the gate gradients ([H, B] x [B, 4H], a thin matmul whose
+large output is then added into an accumulator), and it stores every intermediate of the forward
+step. Here (as cuDNN does, and the AWD-LSTM reference gets from it):
+
+- forward: z_t = x_t W + b (given, one matmul for the window) + h_{t-1} U; the gate activations
+  (i, f, g, o) and c_t are stored, nothing else;
+- backward: a loop that only propagates dh/dc and records dz_t, then the recurrent weight's
+  gradient dU = [h_{-1} .. h_{T-2}]^T [dz_0 .. dz_{T-1}] as ONE matmul over the whole window
+  (K = T * B instead of B), like the input weights' gradient.
+
+The state and the gate arithmetic are float32 whatever the matmul precision: with bfloat16
+matmuls (mixed precision) only the products h U and dz U^T are computed in bfloat16, so the cell
+state does not lose precision over a window (Micikevicius et al. 2018, mixed precision training).
+
+    outputs [T, B, H], h_T, c_T = lstm_recurrence(z_in [T, B, 4H], h0, c0, U [H, 4H])
+
+Gate order (i, f, g, o), the order of `keras.layers.LSTM` and of PyTorch's `nn.LSTM`.
+"""
+import tensorflow as tf
+
+
+def _gates(z):
+    """Activations of the pre-activations z [B, 4H] -> (i, f, g, o), float32."""
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+
+
+@tf.custom_gradient
+def lstm_recurrence(z_in, h0, c0, recurrent):
+    """z_in: x_t W + b for every step [T, B, 4H] (float32 or the matmul dtype), h0/c0 [B, H]
+    float32, recurrent U [H, 4H] in the matmul dtype. Returns (h_1..h_T [T, B, H] in the matmul
+    dtype, h_T, c_T float32). Differentiable in all four inputs."""
+    dtype = recurrent.dtype
+    steps = tf.shape(z_in)[0]
+    z_ta = tf.TensorArray(z_in.dtype, size=steps).unstack(z_in)
+    acts_ta = tf.TensorArray(tf.float32, size=steps)  # post-activation gates, for backward
+    cs_ta = tf.TensorArray(tf.float32, size=steps)
+    hs_ta = tf.TensorArray(dtype, size=steps)
+
+    def step(t, h, c, acts_ta, cs_ta, hs_ta):
+        z = tf.cast(z_ta.read(t), tf.float32) + tf.cast(tf.matmul(h, recurrent), tf.float32)
+        i, f, g, o = _gates(z)
+        c = f * c + i * g
+        h = tf.cast(o * tf.tanh(c), dtype)
+        return (t + 1, h, c, acts_ta.write(t, tf.concat([i, f, g, o], -1)), cs_ta.write(t, c),
+                hs_ta.write(t, h))
+
+    _, h_last, c_last, acts_ta, cs_ta, hs_ta = tf.while_loop(
+        lambda t, *_: t < steps, step,
+        (tf.constant(0), tf.cast(h0, dtype), tf.cast(c0, tf.float32), acts_ta, cs_ta, hs_ta))
+    hs = hs_ta.stack()
+    acts, cs = acts_ta.stack(), cs_ta.stack()
+
+    def grad(d_hs, d_h_last, d_c_last):
+        d_hs = tf.cast(d_hs, tf.float32)
+        c_prev_all = tf.concat([tf.cast(c0, tf.float32)[None], cs[:-1]], axis=0)
+        d_hs_ta = tf.TensorArray(tf.float32, size=steps).unstack(d_hs)
+        acts_r = tf.TensorArray(tf.float32, size=steps).unstack(acts)
+        cs_r = tf.TensorArray(tf.float32, size=steps).unstack(cs)
+        c_prev_r = tf.TensorArray(tf.float32, size=steps).unstack(c_prev_all)
+        dz_ta = tf.TensorArray(dtype, size=steps)
+        recurrent_t = tf.transpose(recurrent)
+
+        def back(t, dh, dc, dz_ta):
+            i, f, g, o = tf.split(acts_r.read(t), 4, axis=-1)
+            tanh_c = tf.tanh(cs_r.read(t))
+            dh = dh + d_hs_ta.read(t)
+            dc = dc + dh * o * (1 - tf.square(tanh_c))
+            dz = tf.concat([dc * g * i * (1 - i), dc * c_prev_r.read(t) * f * (1 - f),
+                            dc * i * (1 - tf.square(g)), dh * tanh_c * o * (1 - o)], -1)
+            dz = tf.cast(dz, dtype)
+            dh_prev = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)
+            return t - 1, dh_prev, dc * f, dz_ta.write(t, dz)
+
+        _, dh0, dc0, dz_ta = tf.while_loop(
+            lambda t, *_: t >= 0, back,
+            (steps - 1, tf.cast(d_h_last, tf.float32), tf.cast(d_c_last, tf.float32), dz_ta))
+        dz = dz_ta.stack()  # [T, B, 4H]
+        h_prev = tf.concat([tf.cast(h0, dtype)[None], hs[:-1]], axis=0)
+        units = tf.shape(recurrent)[0]
+        d_recurrent = tf.matmul(tf.reshape(h_prev, [-1, units]),
+                                tf.reshape(dz, [-1, 4 * units]), transpose_a=True)
+        return (tf.cast(dz, z_in.dtype), tf.cast(dh0, h0.dtype), tf.cast(dc0, c0.dtype),
+                d_recurrent)
+
+    return (hs, tf.cast(h_last, tf.float32), c_last), grad
