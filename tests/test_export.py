@@ -260,8 +260,12 @@ def wav_bytes(samples, rate=RATE):
 def test_speech_export_contract(lm, tmp_path):
     keras.utils.set_random_seed(1)
     vocab = CharVocab()
+    # the serving signatures decode as the model is configured: a window of [peak, peak + 1]
+    # encoder frames, at most ceil(0.2 x frames) steps (3 for the 14-frame wav)
     model = las.ListenAttendSpell(len(vocab), listener_units=16, speller_units=24,
-                                  attention_dim=12, embed_dim=8, frame_stack=3, pyramid_layers=1)
+                                  attention_dim=12, embed_dim=8, frame_stack=3, pyramid_layers=1,
+                                  attention_window=1, attention_window_back=0,
+                                  max_chars_per_frame=0.2)
     model.teacher_forced(tf.zeros([1, 3, 40]), tf.constant([3]), tf.constant([[2]]))
     base = lm[2]
     path = export.export_speech_model(model, vocab, RATE, MAX_DECODE, base, "las")
@@ -282,7 +286,8 @@ def test_speech_export_contract(lm, tmp_path):
     for i, m in enumerate(mels):
         padded[i, :len(m)] = m
         normed[i, :len(m)] = speech_features.normalise(m)
-    tokens, scores, _ = model.greedy(tf.constant(normed), tf.constant(frames), MAX_DECODE)
+    tokens, scores, attention = model.greedy(tf.constant(normed), tf.constant(frames),
+                                             MAX_DECODE)
     np.save(tmp_path / "features.npy", padded)
     np.save(tmp_path / "lengths.npy", np.array(frames, np.int32))
     cli_run = subprocess.Popen(
@@ -299,6 +304,9 @@ def test_speech_export_contract(lm, tmp_path):
     assert r["wav"]["transcripts"] == [vocab.decode(t) for t in tokens.numpy()]
     np.testing.assert_allclose(r["wav"]["scores"], scores.numpy(), atol=1e-4)
     assert np.array(r["wav"]["attention"]).shape[:2] == (2, MAX_DECODE)
+    np.testing.assert_allclose(r["wav"]["attention"], attention.numpy(), atol=1e-5)
+    assert (np.count_nonzero(r["wav"]["attention"], axis=-1) <= 2).all()  # the window
+    assert frames[1] == 14 and len(r["wav"]["transcripts"][1]) <= 2  # the cap
     assert r["wav"]["frames"] == encoder_frames(np.array(frames), 3, 1).tolist()
     assert r["features"]["transcripts"] == r["wav"]["transcripts"]
     np.testing.assert_allclose(r["features"]["scores"], r["wav"]["scores"], atol=1e-4)

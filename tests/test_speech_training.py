@@ -32,7 +32,8 @@ def test_encoder_frames_follow_stacking_and_pyramid():
 
 
 def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
-    cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, max_epochs=2)
+    cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, max_epochs=2, attention_window=4,
+                   guided_attention=5.0, max_chars_per_frame=0.4)
     first = speech_training.train(cfg)
     assert first["stopped"] == "max_steps" and first["steps"] == 2
     # resumed: continues from step 2 to the end of the second epoch
@@ -41,6 +42,7 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
     history = json.load(open(tmp_path / "run" / "history.json"))
     steps = [h["step"] for h in history if "train_loss" in h]
     assert steps == sorted(set(steps)) and steps[:2] == [1, 2]
+    assert all(h["train_guided_attention"] > 0 for h in history if "train_loss" in h)
     results = json.load(open(tmp_path / "run" / "results.json"))
     for split in ("valid", "test", "heldout"):
         for decoder in ("greedy", "beam"):
@@ -48,6 +50,7 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
             assert 0 <= scores["cer"] and scores["utterances"] == 12
     assert 0 <= results["diagonality_first10"]["monotonic"] <= 1
     assert results["model"] == "las" and results["flags"]["frame_stack"] == 3
+    assert results["flags"]["attention_window"] == 4
     attention = np.load(tmp_path / "run" / "attention.npy")
     assert attention.shape[0] == 10
     np.testing.assert_allclose(attention.sum(-1)[attention.sum(-1) > 0], 1, rtol=1e-4)
@@ -58,3 +61,18 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
 def test_evaluating_an_untrained_folder_is_a_clear_error(data_dir, tmp_path):
     with pytest.raises(RuntimeError, match="train first"):
         speech_training.evaluate(tiny_cfg(data_dir, tmp_path / "empty"))
+
+
+def test_a_trained_run_is_evaluated_and_exported_with_its_own_model_flags(tmp_path):
+    """A run made before --attention_window existed keeps decoding without a window, and its
+    network sizes win over a flagfile that has changed since."""
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"flags": {"listener_units": 64, "frame_stack": 3, "speller_units": 96}}))
+    cfg = SpeechConfig(model_dir=str(tmp_path), listener_units=128, attention_window=16,
+                       max_chars_per_frame=0.4, beam_size=7)
+    used = speech_training.trained_model_flags(cfg)
+    assert (used.listener_units, used.speller_units, used.frame_stack) == (64, 96, 3)
+    assert used.attention_window == 0 and used.max_chars_per_frame == 0  # the run predates them
+    assert used.beam_size == 7  # decoding search settings stay the caller's
+    fresh = SpeechConfig(model_dir=str(tmp_path / "new"), attention_window=16)
+    assert speech_training.trained_model_flags(fresh) is fresh

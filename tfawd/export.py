@@ -114,7 +114,7 @@ def export_speech_run(cfg) -> str:
     if not rate:
         raise ValueError(f"--dataset={cfg.dataset} has no audio: its sample rate is unknown")
     vocab = CharVocab()
-    model = speech_training.build_las(cfg, vocab)
+    model = speech_training.build_las(speech_training.trained_model_flags(cfg), vocab)
     weights_checkpoint(model).restore(best).assert_consumed()
     path = export_speech_model(model, vocab, rate, cfg.max_decode_len, cfg.export_dir,
                                _name(cfg, cfg.export_name))

@@ -5,13 +5,20 @@
   Chan et al. section 3.1), then key and value projections of its outputs.
 - `dot_attention`: energies e_t = <k_t, q>, softmax over the unpadded frames (padded frames get
   exactly zero weight), context = sum_t a_t v_t (Chan et al. eq. 9-11 with a dot product).
+  Optionally windowed (`attention_window`, Chorowski et al. 2015 section 2.3): each step
+  attends only to frames near the previous step's attention peak, which the speller's state
+  carries, so the same window applies in training, greedy decoding and beam search.
+- `guided_attention_loss`: Tachibana et al. (2017) section 4.1's penalty on attention far
+  from the diagonal, added to the training loss with --guided_attention.
 - `Speller`: a character embedding and two stacked `LSTMCell`s; each step reads the previous
   character and the previous context, queries the listener and predicts the next character
   from [h, context].
 
 Training uses teacher forcing with a scheduled rate (Bengio et al. 2015): each step reads the
 true previous character with probability `teacher_forcing`, else the model's own previous
-prediction. Decoding (greedy and beam search) is a `tf.while_loop` with a maximum length.
+prediction. Decoding (greedy and beam search) is a `tf.while_loop` with a maximum length,
+optionally capped per utterance by its number of input frames (`max_chars_per_frame`), so a
+decoder caught in a loop stops early on a short utterance.
 """
 import keras
 import tensorflow as tf
@@ -21,13 +28,49 @@ from tfawd.layers import WeightDropLSTM
 NEG = -1e9
 
 
-def dot_attention(query, keys, values, mask):
-    """query [B, A], keys/values [B, T, A], mask [B, T] bool -> (context [B, A], weights [B, T]).
-    Weights on padded frames are exactly 0."""
+def dot_attention(query, keys, values, mask, window=None):
+    """query [B, A], keys/values [B, T, A], mask [B, T] bool, window [B, T] bool or None ->
+    (context [B, A], weights [B, T]). Weights on padded frames and outside the window are
+    exactly 0."""
+    if window is not None:
+        mask = mask & window
     energies = tf.einsum("bta,ba->bt", keys, query)
     energies = tf.where(mask, energies, NEG)
     weights = tf.nn.softmax(energies, axis=-1) * tf.cast(mask, energies.dtype)
     return tf.einsum("bt,bta->ba", weights, values), weights
+
+
+def attention_window(peak, frames, ahead, back):
+    """peak [B] int32 -> bool [B, frames]: True on frames peak - back .. peak + ahead, the
+    window of Chorowski et al. (2015) section 2.3 (centred on the previous step's argmax here
+    rather than its median)."""
+    t = tf.range(frames)[None, :]
+    return (t >= peak[:, None] - back) & (t <= peak[:, None] + ahead)
+
+
+def guided_attention_weights(label_lengths, frame_lengths, max_labels, max_frames, width=0.2):
+    """W [B, L, T] = 1 - exp(-(n/N - t/T)^2 / (2 width^2)) for label n < N and encoder frame
+    t < T of each utterance (N, T its lengths), 0 on padded cells: Tachibana et al. (2017),
+    "Efficiently Trainable Text-to-Speech System Based on Deep Convolutional Networks with
+    Guided Attention", section 4.1. Zero on the diagonal n/N = t/T, near 1 far from it."""
+    n_len = tf.cast(tf.maximum(label_lengths, 1), tf.float32)[:, None, None]
+    t_len = tf.cast(tf.maximum(frame_lengths, 1), tf.float32)[:, None, None]
+    n = tf.range(max_labels, dtype=tf.float32)[None, :, None] / n_len
+    t = tf.range(max_frames, dtype=tf.float32)[None, None, :] / t_len
+    cells = (tf.sequence_mask(label_lengths, max_labels)[:, :, None]
+             & tf.sequence_mask(frame_lengths, max_frames)[:, None, :])
+    return (1 - tf.exp(-tf.square(n - t) / (2 * width ** 2))) * tf.cast(cells, tf.float32)
+
+
+def guided_attention_loss(attention, label_lengths, frame_lengths, width=0.2):
+    """attention [B, L, T] -> mean of A[n, t] W[n, t] over the unpadded (label, frame) cells
+    (`guided_attention_weights`; Tachibana et al. 2017 section 4.1). A row of attention sums
+    to 1 over T frames, so the loss scales as 1/T: about 0.6/T for uniform attention, 0 for
+    attention on the diagonal."""
+    shape = tf.shape(attention)
+    w = guided_attention_weights(label_lengths, frame_lengths, shape[1], shape[2], width)
+    cells = tf.reduce_sum(tf.cast(label_lengths, tf.float32) * tf.cast(frame_lengths, tf.float32))
+    return tf.reduce_sum(attention * w) / tf.maximum(cells, 1.0)
 
 
 def stack_frames(x, mask, factor):
@@ -93,11 +136,15 @@ class Listener(keras.layers.Layer):
 
 
 class Speller(keras.layers.Layer):
-    """Two LSTMCells; one `step` = one output character."""
+    """Two LSTMCells; one `step` = one output character. With `window` > 0 a step attends only
+    to encoder frames peak - `window_back` .. peak + `window`, peak the previous step's
+    attention argmax (frame 0 before the first step), carried in the state."""
 
-    def __init__(self, vocab_size, units=256, embed_dim=64, attention_dim=128, **kwargs):
+    def __init__(self, vocab_size, units=256, embed_dim=64, attention_dim=128, window=0,
+                 window_back=3, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.units, self.attention_dim = vocab_size, units, attention_dim
+        self.window, self.window_back = window, window_back
         self.embed = keras.layers.Embedding(vocab_size, embed_dim)
         self.cells = [keras.layers.LSTMCell(units), keras.layers.LSTMCell(units)]
         self.query = keras.layers.Dense(attention_dim, name="query")
@@ -106,32 +153,45 @@ class Speller(keras.layers.Layer):
 
     def initial_state(self, batch):
         zeros = tf.zeros([batch, self.units])
-        return (zeros, zeros, zeros, zeros, tf.zeros([batch, self.attention_dim]))
+        return (zeros, zeros, zeros, zeros, tf.zeros([batch, self.attention_dim]),
+                tf.zeros([batch], tf.int32))
 
     def step(self, tokens, state, keys, values, mask, training=False):
         """tokens [B] (previous characters) -> (logits [B, V], new state, attention [B, T])."""
-        h1, c1, h2, c2, context = state
+        h1, c1, h2, c2, context, peak = state
         x = tf.concat([self.embed(tokens), context], axis=-1)
         h1, (_, c1) = self.cells[0](x, [h1, c1], training=training)
         h2, (_, c2) = self.cells[1](h1, [h2, c2], training=training)
-        context, weights = dot_attention(self.query(h2), keys, values, mask)
+        window = (attention_window(peak, tf.shape(keys)[1], self.window, self.window_back)
+                  if self.window else None)
+        context, weights = dot_attention(self.query(h2), keys, values, mask, window)
+        peak = tf.argmax(weights, axis=-1, output_type=tf.int32)
         logits = self.char_logits(self.hidden(tf.concat([h2, context], axis=-1)))
-        return logits, (h1, c1, h2, c2, context), weights
+        return logits, (h1, c1, h2, c2, context, peak), weights
 
 
 class ListenAttendSpell(keras.Model):
-    """The recogniser: `teacher_forced` for training, `greedy` / `beam_search` for decoding."""
+    """The recogniser: `teacher_forced` for training, `greedy` / `beam_search` for decoding.
+    `attention_window`/`attention_window_back` window the attention (see `Speller`);
+    `max_chars_per_frame` > 0 caps each decoded utterance at ceil(frames * it) steps
+    (incl. <eos>), frames its input frames."""
 
     def __init__(self, vocab_size, sos_id=1, eos_id=2, listener_units=256, speller_units=256,
-                 attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1, **kwargs):
+                 attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1,
+                 attention_window=0, attention_window_back=3, max_chars_per_frame=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.sos_id, self.eos_id = vocab_size, sos_id, eos_id
+        self.max_chars_per_frame = max_chars_per_frame
         self.listener = Listener(listener_units, attention_dim, pyramid_layers, frame_stack)
-        self.speller = Speller(vocab_size, speller_units, embed_dim, attention_dim)
+        self.speller = Speller(vocab_size, speller_units, embed_dim, attention_dim,
+                               attention_window, attention_window_back)
         self._config = dict(vocab_size=vocab_size, sos_id=sos_id, eos_id=eos_id,
                             listener_units=listener_units, speller_units=speller_units,
                             attention_dim=attention_dim, embed_dim=embed_dim,
-                            pyramid_layers=pyramid_layers, frame_stack=frame_stack)
+                            pyramid_layers=pyramid_layers, frame_stack=frame_stack,
+                            attention_window=attention_window,
+                            attention_window_back=attention_window_back,
+                            max_chars_per_frame=max_chars_per_frame)
 
     def get_config(self):
         return {**super().get_config(), **self._config}
@@ -139,6 +199,16 @@ class ListenAttendSpell(keras.Model):
     def listen(self, features, frames, training=False):
         mask = tf.sequence_mask(frames, tf.shape(features)[1])
         return self.listener(features, mask, training=training)
+
+    def length_caps(self, frames, max_len):
+        """frames [B] (input frames) -> the most decoder steps (incl. <eos>) of each utterance,
+        ceil(frames * max_chars_per_frame) >= 1: its step cap - 1 is <eos>. max_len + 1 (no
+        cap: a transcript that reaches max_len has no <eos>, as without the cap) when that
+        exceeds max_len or max_chars_per_frame is 0."""
+        if not self.max_chars_per_frame:
+            return tf.fill(tf.shape(frames), tf.cast(max_len, tf.int32) + 1)
+        caps = tf.math.ceil(tf.cast(frames, tf.float32) * self.max_chars_per_frame)
+        return tf.clip_by_value(tf.cast(caps, tf.int32), 1, tf.cast(max_len, tf.int32) + 1)
 
     def teacher_forced(self, features, frames, labels, teacher_forcing=1.0, seed=(0, 0),
                        training=False):
@@ -164,22 +234,25 @@ class ListenAttendSpell(keras.Model):
 
     def greedy(self, features, frames, max_len):
         """-> tokens [B, max_len] (<eos> then <eos> padding), scores [B] (sum of log-probs up
-        to and including <eos>), attention [B, max_len, T']."""
+        to and including <eos>), attention [B, max_len, T']. Step `length_caps` - 1 is <eos> at
+        the latest (its log-probability counts in the score)."""
         keys, values, mask = self.listen(features, frames)
         batch = tf.shape(features)[0]
+        caps = self.length_caps(frames, max_len)
 
         def body(t, token, state, done, score, tokens_ta, attn_ta):
             logits, state, weights = self.speller.step(token, state, keys, values, mask)
             logp = tf.nn.log_softmax(logits)
-            nxt = tf.where(done, self.eos_id, tf.argmax(logp, -1, output_type=tf.int32))
+            nxt = tf.where(done | (t + 1 >= caps), self.eos_id,
+                           tf.argmax(logp, -1, output_type=tf.int32))
             score += tf.where(done, 0.0, tf.gather(logp, nxt, batch_dims=1))
             return (t + 1, nxt, state, done | (nxt == self.eos_id), score,
                     tokens_ta.write(t, nxt), attn_ta.write(t, weights))
 
         init = (tf.constant(0), tf.fill([batch], self.sos_id), self.speller.initial_state(batch),
                 tf.zeros([batch], tf.bool), tf.zeros([batch]),
-                tf.TensorArray(tf.int32, size=max_len, element_shape=[None]),
-                tf.TensorArray(tf.float32, size=max_len, element_shape=[None, None]))
+                tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
+                tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None]))
         _, _, _, _, score, tokens_ta, attn_ta = tf.while_loop(
             lambda t, _tok, _s, done, *_: (t < max_len) & ~tf.reduce_all(done), body, init,
             maximum_iterations=max_len)
@@ -196,17 +269,21 @@ class ListenAttendSpell(keras.Model):
 
     def beam_search(self, features, frames, max_len, beam_size):
         """Beam search without length normalisation (beam_size 1 is greedy); returns the best
-        beam's tokens, score and attention, shaped as `greedy`'s outputs."""
+        beam's tokens, score and attention, shaped as `greedy`'s outputs (and capped alike)."""
         keys, values, mask = self.listen(features, frames)
         batch, k, v = tf.shape(features)[0], beam_size, self.vocab_size
         tile = lambda x: tf.repeat(x, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
         keys, values, mask = tile(keys), tile(values), tile(mask)
+        caps = tile(self.length_caps(frames, max_len))
         frames_out = tf.shape(keys)[1]
-        eos_only = tf.where(tf.range(v) == self.eos_id, 0.0, NEG)
+        is_eos = tf.range(v) == self.eos_id
+        eos_only = tf.where(is_eos, 0.0, NEG)
 
         def body(t, token, state, done, score, tokens, attn):
             logits, state, weights = self.speller.step(token, state, keys, values, mask)
-            logp = tf.where(done[:, None], eos_only[None, :], tf.nn.log_softmax(logits))
+            logp = tf.nn.log_softmax(logits)
+            logp = tf.where((t + 1 >= caps)[:, None] & ~is_eos[None, :], NEG, logp)
+            logp = tf.where(done[:, None], eos_only[None, :], logp)
             total = tf.reshape(score[:, None] + logp, [batch, k * v])
             score, flat = tf.math.top_k(total, k)
             parent = tf.reshape(flat // v + tf.range(batch)[:, None] * k, [-1])

@@ -53,6 +53,16 @@ class SpeechConfig:
     speller_units: int = _f(256, "LAS: units of each of the two decoder LSTMCells.")
     attention_dim: int = _f(128, "LAS: key/value/query size of the dot-product attention.")
     char_embed_dim: int = _f(64, "LAS: character embedding size.")
+    attention_window: int = _f(0, "LAS: windowed attention (Chorowski et al. 2015, section 2.3):"
+                                  " each decoder step attends only to encoder frames p - "
+                                  "--attention_window_back .. p + this, p the previous step's "
+                                  "attention peak (0 before the first step), in training and "
+                                  "decoding. In encoder frames (10 ms x --frame_stack x "
+                                  "2^--pyramid_layers). 0: off.")
+    attention_window_back: int = _f(3, "LAS: frames behind the previous peak the window keeps "
+                                       "(the letters of a word are read from its frames in "
+                                       "slightly varying order; a repeated word lies further "
+                                       "back).")
     # Training
     teacher_forcing: float = _f(1.0, "LAS: probability of feeding the true previous character "
                                      "at the start of training.")
@@ -60,7 +70,18 @@ class SpeechConfig:
     teacher_forcing_epochs: int = _f(10, "LAS: epochs over which the rate moves linearly "
                                          "from --teacher_forcing to --teacher_forcing_final.")
     label_smoothing: float = _f(0.1, "LAS: label smoothing of the character targets.")
+    guided_attention: float = _f(0.0, "LAS: weight of the guided attention loss (Tachibana et "
+                                      "al. 2017, section 4.1): the mean over (label n, encoder "
+                                      "frame t) cells of A[n,t] (1 - exp(-(n/N - t/T)^2 / 2g^2)),"
+                                      " about 0.6/T for uniform attention. 0: off.")
+    guided_attention_width: float = _f(0.2, "LAS: g of --guided_attention (a fraction of the "
+                                            "utterance).")
     max_decode_len: int = _f(120, "LAS: longest decoded transcript, in characters.")
+    max_chars_per_frame: float = _f(0.0, "LAS: decoding also stops after ceil(input frames x "
+                                         "this) characters incl. <eos> (a looping decoder "
+                                         "cannot run to --max_decode_len on a short utterance)."
+                                         " 0: off. Spoken digits and eSpeak reach at most "
+                                         "about 0.27 per 10 ms frame.")
 
 
 SPEECH_ONLY = [f for f in dataclasses.fields(SpeechConfig) if f.name not in SHARED]
@@ -80,6 +101,12 @@ def define_flags(fv=flags.FLAGS):
                                  flag_values=fv)
     flags.register_validator("pyramid_layers", lambda v: 0 <= v <= 3,
                              "--pyramid_layers must be 0-3", flag_values=fv)
+    for name in ("attention_window", "attention_window_back", "guided_attention",
+                 "max_chars_per_frame"):
+        flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0",
+                                 flag_values=fv)
+    flags.register_validator("guided_attention_width", lambda v: v > 0,
+                             "--guided_attention_width must be positive", flag_values=fv)
     flags.register_multi_flags_validator(
         ["model", "dataset"],
         lambda d: (d["model"] == "las") == (d["dataset"] in SPEECH_DATASETS),

@@ -1,16 +1,20 @@
 """Training and evaluating the Listen-Attend-Spell recogniser (`--model=las`; issue 6).
 
 The step and the decoders are `tf.function`s traced once (shape-polymorphic signatures):
-cross-entropy with label smoothing over the unpadded characters, Adam with global-norm
-clipping, teacher forcing on a linear schedule per epoch. Each epoch ends with greedy decoding
-of the validation split (CER/WER to TensorBoard with the attention images of its first
-utterances) and keeps the weights of the best validation CER in `best/`. A run resumes from
+cross-entropy with label smoothing over the unpadded characters (plus, with
+--guided_attention, that weight times `las.guided_attention_loss`, which is logged as
+`train_guided_attention` whether or not it is weighted in), Adam with global-norm clipping,
+teacher forcing on a linear schedule per epoch. Each epoch ends with greedy decoding of the
+validation split (CER/WER to TensorBoard with the attention images of its first utterances)
+and keeps the weights of the best validation CER in `best/`. A run resumes from
 `ckpt/` at the batch where it stopped (weights, optimizer, epoch, batch, best CER).
 
 At the end the best weights decode every evaluation split greedily and with beam search, and
 the run writes results.json (CER/WER per split, diagonality), attention PNGs and
 attention.npy for the first 10 validation utterances, and a training-curve PNG.
 """
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -23,7 +27,7 @@ from pipelines import speech_features, speech_sources, spoken_digits
 from pipelines.speech_features import CharVocab
 from tfawd import reporting, speech_eval
 from tfawd.checkpoints import RunCheckpoints
-from tfawd.las import ListenAttendSpell
+from tfawd.las import ListenAttendSpell, guided_attention_loss
 
 N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
 
@@ -71,7 +75,8 @@ def featurized(cfg, vocab) -> tuple:
 def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
     model = ListenAttendSpell(len(vocab), vocab.sos_id, vocab.eos_id, cfg.listener_units,
                               cfg.speller_units, cfg.attention_dim, cfg.char_embed_dim,
-                              cfg.pyramid_layers, cfg.frame_stack)
+                              cfg.pyramid_layers, cfg.frame_stack, cfg.attention_window,
+                              cfg.attention_window_back, cfg.max_chars_per_frame)
     model.teacher_forced(tf.zeros([1, 4, speech_features.N_MELS]), tf.constant([4]),
                          tf.constant([[vocab.eos_id]]))
     return model
@@ -97,18 +102,27 @@ BATCH_SPEC = (tf.TensorSpec([None, None, speech_features.N_MELS], tf.float32),
 
 
 def make_train_step(model, optimizer, cfg):
-    """(features, frames, labels, teacher forcing rate, seed [2]) -> loss; traced once."""
+    """(features, frames, labels, teacher forcing rate, seed [2]) -> (cross-entropy, guided
+    attention loss before its weight); minimises cross-entropy + --guided_attention times
+    the latter; traced once."""
     optimizer.build(model.trainable_variables)
+    listener = model.listener
 
     @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
                                                tf.TensorSpec([2], tf.int32)))
     def step(features, frames, labels, rate, seed):
         with tf.GradientTape() as tape:
-            logits, _ = model.teacher_forced(features, frames, labels, rate, seed, training=True)
+            logits, attention = model.teacher_forced(features, frames, labels, rate, seed,
+                                                     training=True)
             loss = sequence_loss(logits, labels, cfg.label_smoothing)
-        grads = tape.gradient(loss, model.trainable_variables)
+            guided = guided_attention_loss(
+                attention, tf.reduce_sum(tf.cast(labels > 0, tf.int32), axis=1),
+                encoder_frames(frames, listener.frame_stack, listener.pyramid_layers),
+                cfg.guided_attention_width)
+            total = loss + cfg.guided_attention * guided if cfg.guided_attention else loss
+        grads = tape.gradient(total, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        return loss
+        return loss, guided
     return step
 
 
@@ -213,8 +227,8 @@ class SpeechTrainer:
             losses, frames, t0 = [], 0, time.perf_counter()
             for batch in self.epoch_batches(epoch).skip(int(run.batch)):
                 seed = tf.constant([cfg.seed, int(run.step)], tf.int32)
-                losses.append(float(self.train_step(batch["features"], batch["frames"],
-                                                    batch["labels"], rate, seed)))
+                losses.append([float(x) for x in self.train_step(
+                    batch["features"], batch["frames"], batch["labels"], rate, seed)])
                 frames += int(tf.reduce_sum(batch["frames"]))
                 run.step.assign_add(1)
                 run.batch.assign_add(1)
@@ -240,14 +254,16 @@ class SpeechTrainer:
     def _log(self, losses, frames, seconds, rate):
         run = self.run
         run.seconds.assign_add(seconds)
-        entry = {"step": int(run.step), "epoch": int(run.epoch) + 1,
-                 "train_loss": float(np.mean(losses)), "frames_per_s": frames / max(seconds, 1e-9),
-                 "teacher_forcing": rate}
+        loss, guided = np.mean(losses, axis=0)
+        entry = {"step": int(run.step), "epoch": int(run.epoch) + 1, "train_loss": float(loss),
+                 "train_guided_attention": float(guided),
+                 "frames_per_s": frames / max(seconds, 1e-9), "teacher_forcing": rate}
         self.history.append(entry)
         print(" - ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
                          for k, v in entry.items()), flush=True)
         with self.writers["train"].as_default(step=int(run.step)):
             tf.summary.scalar("loss", entry["train_loss"])
+            tf.summary.scalar("guided_attention", entry["train_guided_attention"])
             tf.summary.scalar("frames_per_s", entry["frames_per_s"])
             tf.summary.scalar("teacher_forcing", rate)
 
@@ -329,8 +345,32 @@ def train(cfg) -> dict:
     return metrics
 
 
+# Flags that define the trained network and how it attends and decodes: a trained run is
+# evaluated and exported with its own values, whatever the flagfile says now.
+MODEL_FLAGS = ("listener_units", "frame_stack", "pyramid_layers", "speller_units",
+               "attention_dim", "char_embed_dim", "attention_window", "attention_window_back",
+               "max_chars_per_frame")
+
+
+def trained_model_flags(cfg):
+    """`cfg` with the MODEL_FLAGS of the run in `cfg.model_dir` (its results.json), a flag the
+    run predates taking its default; unchanged when the run has no results.json yet."""
+    path = os.path.join(cfg.model_dir, "results.json")
+    if not os.path.exists(path):
+        return cfg
+    with open(path) as f:
+        saved = json.load(f).get("flags", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    values = {k: saved.get(k, defaults[k]) for k in MODEL_FLAGS}
+    changed = {k: (getattr(cfg, k), v) for k, v in values.items() if getattr(cfg, k) != v}
+    if changed:
+        logging.warning("%s was trained with %s; using those values", cfg.model_dir,
+                        ", ".join(f"--{k}={v} (not {now})" for k, (now, v) in changed.items()))
+    return dataclasses.replace(cfg, **values)
+
+
 def evaluate(cfg) -> dict:
-    trainer = SpeechTrainer(cfg)
+    trainer = SpeechTrainer(trained_model_flags(cfg))
     metrics = trainer.evaluate_best()
     reporting.write_json(os.path.join(cfg.model_dir, "evaluation.json"), metrics)
     return metrics
