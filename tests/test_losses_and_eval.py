@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from tfawd.config import LMConfig
 from tfawd.evaluation import Evaluator
-from tfawd.losses import clip_gradients, dedupe_sparse, token_nll
+from tfawd.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
+from tfawd.models import tied_logits
 from tfawd.models import build_model
 
 
@@ -30,6 +31,44 @@ def test_clipping_scales_to_the_bound_and_reports_the_unclipped_norm():
 def test_token_nll_is_the_negative_log_softmax():
     logits = tf.constant([[[0.0, math.log(3.0)]]])
     np.testing.assert_allclose(token_nll(logits, tf.constant([[1]])), [[-math.log(0.75)]], 1e-6)
+
+
+def _decoder_case(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    h = tf.cast(rng.normal(size=(3, 4, 6)), dtype)
+    w = tf.constant(rng.normal(size=(11, 6)), tf.float32)
+    b = tf.constant(rng.normal(size=(11,)), tf.float32)
+    y = tf.constant(rng.integers(0, 11, size=(3, 4)), tf.int32)
+    d = tf.constant(rng.uniform(size=(3, 4)), tf.float32)  # upstream weights per token
+    return h, w, b, y, d
+
+
+def _values_and_grads(fn, h, w, b, y, d):
+    with tf.GradientTape() as tape:
+        tape.watch([h, w, b])
+        nll = fn(h, w, b, y)
+        loss = tf.reduce_sum(nll * d)
+    return nll, tape.gradient(loss, [h, w, b])
+
+
+def test_decoder_nll_equals_cross_entropy_of_the_tied_logits_with_its_gradients():
+    case = _decoder_case(tf.float32)
+    plain = lambda h, w, b, y: token_nll(tied_logits(h, w, b), y)  # noqa: E731
+    want, want_grads = _values_and_grads(plain, *case)
+    got, got_grads = _values_and_grads(decoder_nll, *case)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(w),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_nll_in_bfloat16_keeps_a_float32_loss_and_gradient_dtypes():
+    h, w, b, y, d = _decoder_case(tf.bfloat16)
+    got, (dh, dw, db) = _values_and_grads(decoder_nll, h, w, b, y, d)
+    assert got.dtype == tf.float32 and dh.dtype == tf.bfloat16
+    assert dw.dtype == tf.float32 and db.dtype == tf.float32
+    want = token_nll(tied_logits(tf.cast(h, tf.float32), w, b), y)
+    np.testing.assert_allclose(got, want, rtol=0.03, atol=0.03)
 
 
 def test_evaluation_is_exact_and_independent_of_window_length(tiny_corpus):

@@ -9,7 +9,7 @@ import time
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
-from tfawd.losses import perplexity, token_nll
+from tfawd.losses import perplexity
 
 
 class Evaluator:
@@ -27,8 +27,8 @@ class Evaluator:
 
             @tf.function(input_signature=[ids, ids, state_spec])
             def step(x, y, states):
-                logits, states = model(x, states, training=False)
-                return tf.reduce_sum(token_nll(logits, y)), states
+                nll, states = model(x, states, training=False, targets=y)
+                return tf.reduce_sum(nll), states
 
             self._steps[batch_size] = step
         return self._steps[batch_size]

@@ -10,6 +10,42 @@ def token_nll(logits, targets):
         labels=targets, logits=tf.cast(logits, tf.float32))
 
 
+def decoder_nll(h, weights, bias, targets):
+    """Per-token NLL [...] of `targets` [...] under softmax(h W^T + b), h [..., E] in the compute
+    precision, W [V, E] and b [V] float32: the output layer and the cross-entropy as one
+    function with a hand-written gradient.
+
+    The matmul runs in h's precision (bfloat16 under mixed precision), the softmax and the loss
+    in float32. Fused, the [N, V] logits are made once and their gradient is
+    softmax - one_hot computed in place, instead of the separate bias add, casts and
+    cross-entropy kernel that autodiff of `token_nll(tied_logits(...))` runs over them; the
+    result is the same function (tests/test_losses_and_eval.py).
+    """
+    dims = tf.shape(targets)
+    flat_h = tf.reshape(h, [-1, h.shape[-1]])
+    flat_targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
+
+    @tf.custom_gradient
+    def nll(flat_h, weights, bias):
+        w = tf.cast(weights, flat_h.dtype)
+        logits = tf.cast(tf.matmul(flat_h, w, transpose_b=True), tf.float32) + bias
+        lse = tf.reduce_logsumexp(logits, axis=-1)
+        picks = tf.stack([tf.range(tf.shape(flat_targets)[0]), flat_targets], axis=1)
+        out = lse - tf.gather_nd(logits, picks)
+
+        def grad(d):
+            d_logits = tf.exp(logits - lse[:, None]) * d[:, None]
+            d_logits = tf.tensor_scatter_nd_sub(d_logits, picks, d)
+            d_bias = tf.reduce_sum(d_logits, axis=0)
+            d_logits = tf.cast(d_logits, flat_h.dtype)
+            d_w = tf.matmul(d_logits, flat_h, transpose_a=True)
+            return tf.matmul(d_logits, w), tf.cast(d_w, weights.dtype), d_bias
+
+        return out, grad
+
+    return tf.reshape(nll(flat_h, weights, tf.cast(bias, tf.float32)), dims)
+
+
 def perplexity(mean_nll: float) -> float:
     return math.exp(min(mean_nll, 700.0))
 

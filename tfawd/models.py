@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
+from tfawd.losses import decoder_nll
 
 
 def tied_logits(h, embeddings, bias):
@@ -66,16 +67,25 @@ class LstmLanguageModel(keras.Model):
         z = tf.zeros([batch_size, self.nhid])
         return [(z, z) for _ in range(self.nlayers)]
 
-    def call(self, inputs, states, training=False, return_activations=False):
+    def decoder_weights(self):
+        """(W [V, E], b [V]) of the output layer, tied or not."""
+        if self.tie_weights:
+            return self.embedding.embeddings, self.decoder_bias
+        return tf.transpose(self.decoder.kernel), self.decoder.bias
+
+    def call(self, inputs, states, training=False, return_activations=False, targets=None):
         """inputs [B, T] int ids, states [(h, c)] * nlayers -> logits [B, T, V], new states
-        (and with `return_activations` the last layer's raw and dropped outputs)."""
+        (and with `return_activations` the last layer's raw and dropped outputs). Given
+        `targets` [B, T], their NLL [B, T] (`decoder_nll`) takes the place of the logits."""
         h = self.dropouts[0](self.embedding(inputs), training=training)
         new_states = []
         for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
             raw, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
             new_states.append(_carried(h_t, c_t))
             h = drop(raw, training=training)
-        if self.tie_weights:
+        if targets is not None:
+            logits = decoder_nll(h, *self.decoder_weights(), targets)
+        elif self.tie_weights:
             logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
         else:
             logits = self.decoder(h)
@@ -124,7 +134,12 @@ class AwdLstmModel(keras.Model):
     def initial_state(self, batch_size):
         return [(tf.zeros([batch_size, n]), tf.zeros([batch_size, n])) for n in self.sizes]
 
-    def call(self, inputs, states, training=False, return_activations=False):
+    def decoder_weights(self):
+        """(W [V, E], b [V]) of the tied output layer."""
+        return self.embedding.embeddings, self.decoder_bias
+
+    def call(self, inputs, states, training=False, return_activations=False, targets=None):
+        """As `LstmLanguageModel.call`."""
         h = self.input_dropout(self.embedding(inputs, training=training), training=training)
         new_states = []
         for i, (rnn, (h0, c0)) in enumerate(zip(self.rnns, states)):
@@ -132,7 +147,10 @@ class AwdLstmModel(keras.Model):
             new_states.append(_carried(h_t, c_t))
             drop = self.hidden_dropouts[i] if i < self.nlayers - 1 else self.output_dropout
             h = drop(raw, training=training)
-        logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
+        if targets is not None:
+            logits = decoder_nll(h, *self.decoder_weights(), targets)
+        else:
+            logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
         if return_activations:
             return logits, new_states, {"raw_last": raw, "dropped_last": h}
         return logits, new_states

@@ -31,7 +31,7 @@ from tfawd import reporting
 from tfawd.reporting import progress_bar
 from tfawd.evaluation import Evaluator
 from tfawd.losses import (activation_regularization, clip_gradients, perplexity,
-                          temporal_activation_regularization, token_nll)
+                          temporal_activation_regularization)
 from tfawd.checkpoints import RunCheckpoints
 from tfawd.models import build_model
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
@@ -118,11 +118,11 @@ def make_train_step(model, optimizer, state: RunState, cfg):
         states = [tuple(v.read_value() for v in layer) for layer in state.hidden]
         with tf.GradientTape() as tape:
             if regularize:
-                logits, new_states, acts = model(x, states, training=True,
-                                                 return_activations=True)
+                nll, new_states, acts = model(x, states, training=True, targets=y,
+                                              return_activations=True)
             else:
-                logits, new_states = model(x, states, training=True)
-            loss = tf.reduce_mean(token_nll(logits, y))
+                nll, new_states = model(x, states, training=True, targets=y)
+            loss = tf.reduce_mean(nll)
             total = loss
             if cfg.alpha:
                 total += activation_regularization(acts["dropped_last"], cfg.alpha)
