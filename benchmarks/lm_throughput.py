@@ -101,14 +101,18 @@ class TfawdStep:
                                          seed=cfg.seed, variable=cfg.variable_bptt,
                                          max_len=cfg.bptt_max_len).repeat())
 
-    def run(self, steps: int) -> dict:
-        tokens, start = 0, time.perf_counter()
+    def run(self, steps: int, losses: list | None = None) -> dict:
+        """Times `steps` steps; appends each step's cross-entropy to `losses` if given."""
+        tokens, start, out = 0, time.perf_counter(), []
         for _ in range(steps):
             x, y = next(self.windows)
             loss, _ = self.step(x, y)
+            out.append(loss)
             tokens += int(x.shape[0] * x.shape[1])
         float(loss)
         seconds = time.perf_counter() - start
+        if losses is not None:
+            losses.extend(float(v) for v in out)
         return {"tokens_per_s": tokens / seconds, "step_s": seconds / steps}
 
     def profile(self, steps: int, logdir: str) -> list:
@@ -210,7 +214,7 @@ def main(argv):
     peak = matmul_peak_gflops(cfg.precision)
     tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
     result = {
-        "benchmark": "lm_throughput", "config": CONFIG, "precision": cfg.precision,
+        "benchmark": "lm_throughput", "config": config_path(), "precision": cfg.precision,
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "variable_bptt")},
         "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": machine(),
@@ -236,9 +240,18 @@ def main(argv):
             f.write(text + "\n")
 
 
-if __name__ == "__main__":
-    # --config=X is the documented spelling of --flagfile=X.
-    CONFIG = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), None)
+def config_path():
+    """The flagfile given as --config (or --flagfile)."""
+    return next((a.split("=", 1)[1] for a in sys.argv
+                 if a.startswith(("--config=", "--flagfile="))), None)
+
+
+def config_argv():
+    """--config=X is the documented spelling of --flagfile=X."""
     sys.argv = [a.replace("--config=", "--flagfile=", 1) if a.startswith("--config=") else a
                 for a in sys.argv]
+
+
+if __name__ == "__main__":
+    config_argv()
     app.run(main)

@@ -1,14 +1,16 @@
 """Loss utilities and whole-split evaluation."""
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfawd.config import LMConfig
 from tfawd.evaluation import Evaluator
 from tfawd.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
 from tfawd.models import tied_logits
-from tfawd.models import build_model
+from tfawd.models import build_model, copy_weights
 
 
 def test_dedupe_sparse_sums_repeated_rows_so_the_norm_is_the_dense_norm():
@@ -85,3 +87,24 @@ def test_evaluation_is_exact_and_independent_of_window_length(tiny_corpus):
     whole = float(tf.reduce_mean(token_nll(logits, cols[:, 1:])))
     assert math.isclose(a["nll"], whole, rel_tol=1e-5)
     assert math.isclose(a["ppl"], math.exp(a["nll"]))
+
+
+def test_a_mixed_precision_model_is_scored_in_float32_at_small_batches(tiny_corpus):
+    """Batch <= FLOAT32_MAX_BATCH: the float32 twin with the model's current weights (so the
+    figure equals a float32 model's exactly); larger batches: the bfloat16 model itself."""
+    cfg = LMConfig(model="awd_lstm", emsize=8, nhid=12, nlayers=3)
+    mixed = build_model(dataclasses.replace(cfg, precision="mixed_bfloat16"), len(tiny_corpus.vocab))
+    exact = build_model(cfg, len(tiny_corpus.vocab))
+    copy_weights(mixed, exact)
+    ids = tiny_corpus.ids["valid"]
+    ev = Evaluator(mixed)
+    assert ev.evaluate(ids, 1, bptt=7)["nll"] == pytest.approx(
+        Evaluator(exact).evaluate(ids, 1, bptt=7)["nll"], rel=1e-6)
+    big = ev.evaluate(ids, 5, bptt=7)["nll"]
+    assert big != Evaluator(exact).evaluate(ids, 5, bptt=7)["nll"]  # bf16 rounding shows
+    assert big == pytest.approx(Evaluator(exact).evaluate(ids, 5, bptt=7)["nll"], rel=0.02)
+    for v in mixed.trainable_variables:  # new weights reach the twin at the next evaluation
+        v.assign(v * 0.5)
+    copy_weights(mixed, exact)
+    assert ev.evaluate(ids, 1, bptt=7)["nll"] == pytest.approx(
+        Evaluator(exact).evaluate(ids, 1, bptt=7)["nll"], rel=1e-6)

@@ -10,6 +10,12 @@ import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
 from tfawd.losses import perplexity
+from tfawd.models import copy_weights, float32_twin
+
+
+# At or below this batch size a mixed-precision model is scored by its float32 twin: faster
+# there (batch 1: ~2.8x, benchmarks/lm_throughput.py's eval figures) and exact.
+FLOAT32_MAX_BATCH = 4
 
 
 class Evaluator:
@@ -18,10 +24,20 @@ class Evaluator:
     def __init__(self, model):
         self.model = model
         self._steps = {}
+        self._twin = None
+
+    def _scorer(self, batch_size):
+        """The model that scores batches of `batch_size`, holding the current weights."""
+        if batch_size > FLOAT32_MAX_BATCH or self.model.compute_dtype == "float32":
+            return self.model
+        if self._twin is None:
+            self._twin = float32_twin(self.model)
+        copy_weights(self.model, self._twin)
+        return self._twin
 
     def _step(self, batch_size):
         if batch_size not in self._steps:
-            model = self.model
+            model = self._scorer(batch_size)
             state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
             ids = tf.TensorSpec([batch_size, None], tf.int32)
 
@@ -36,6 +52,7 @@ class Evaluator:
     def evaluate(self, ids, batch_size: int, bptt: int) -> dict:
         """{'nll', 'ppl', 'tokens', 'seconds', 'tokens_per_s'} of the stream `ids`."""
         start = time.perf_counter()
+        self._scorer(batch_size)  # the twin takes the current weights
         step = self._step(batch_size)
         states = self.model.initial_state(batch_size)
         total, count = 0.0, 0

@@ -180,6 +180,25 @@ def build_model(cfg, vocab_size: int) -> keras.Model:
     return model
 
 
+def float32_twin(model: keras.Model) -> keras.Model:
+    """A copy of `model` (same class and config) computing in float32; `copy_weights` fills
+    it. Small-batch evaluation uses it under mixed precision: at batch 1 every matmul is a
+    matrix-vector product, which runs slower in bfloat16 than in float32 on this CPU."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        twin = type(model).from_config({**model.get_config(), "dtype": "float32"})
+    finally:
+        keras.config.set_dtype_policy(previous)
+    twin(tf.zeros([1, 1], tf.int32), twin.initial_state(1))
+    return twin
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    for src, dst in zip(source.variables, target.variables, strict=True):
+        dst.assign(src)
+
+
 def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
     """A checkpoint of all of the model's state: weights and dropout RNG, in
     `model.variables` order.

@@ -1,0 +1,84 @@
+"""Quality guard of mixed precision (issue 4): float32 and mixed_bfloat16 training of the same
+configuration and seed must follow the same curve.
+
+Trains the model of a flagfile for `--steps` steps of the real BPTT stream in each precision
+(the training step `main.py` uses; same seed, so the same windows and initial weights), then
+scores validation with the trained weights. Prints and writes JSON with both loss curves, the
+mean loss over steps `--window` (default 100-200) of each, its relative difference, the
+validation perplexities and theirs, and whether both are within `--tolerance` (1%).
+
+  python benchmarks/precision_guard.py --config=configs/awd_lstm_wt2_cpu.cfg --steps=200 \\
+      --out=results/precision_guard_awd_cpu.json
+"""
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lm_throughput  # noqa: E402  (its flags: --steps, --out, and every model flag)
+from lm_throughput import FLAGS, TfawdStep, config  # noqa: E402
+
+flags.DEFINE_string("window", "100,200", "Steps [START, END) whose mean loss is compared.")
+flags.DEFINE_float("tolerance", 0.01, "Largest relative difference allowed.")
+flags.DEFINE_integer("valid_tokens", 0, "Validation tokens scored (0: the whole split).")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def train_and_validate(cfg, corpus) -> dict:
+    from tfawd.evaluation import Evaluator
+    start = time.perf_counter()
+    step = TfawdStep(cfg, corpus)
+    losses = []
+    speed = step.run(FLAGS.steps, losses)
+    valid = corpus.ids["valid"]
+    valid = valid[:FLAGS.valid_tokens + 1] if FLAGS.valid_tokens else valid
+    scored = Evaluator(step.model).evaluate(valid, cfg.eval_batch_size, cfg.bptt)
+    return {"losses": losses, "tokens_per_s": speed["tokens_per_s"], "val_ppl": scored["ppl"],
+            "val_nll": scored["nll"], "seconds": time.perf_counter() - start}
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from pipelines.lm_corpus import load_corpus
+    cfg = config.from_flags(FLAGS)
+    lo, hi = (int(v) for v in FLAGS.window.split(","))
+    if hi > FLAGS.steps:
+        raise app.UsageError(f"--window={FLAGS.window} ends after --steps={FLAGS.steps}")
+    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    runs = {p: train_and_validate(dataclasses.replace(cfg, precision=p), corpus)
+            for p in PRECISIONS}
+    means = {p: statistics.fmean(r["losses"][lo:hi]) for p, r in runs.items()}
+    loss_diff = relative(means["mixed_bfloat16"], means["float32"])
+    ppl_diff = relative(runs["mixed_bfloat16"]["val_ppl"], runs["float32"]["val_ppl"])
+    result = {
+        "benchmark": "precision_guard", "config": lm_throughput.config_path(),
+        "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
+                                               "batch_size", "bptt", "seed")},
+        "steps": FLAGS.steps, "window": [lo, hi], "tolerance": FLAGS.tolerance,
+        "mean_loss": means, "mean_loss_rel_diff": loss_diff,
+        "val_ppl": {p: r["val_ppl"] for p, r in runs.items()}, "val_ppl_rel_diff": ppl_diff,
+        "tokens_per_s": {p: r["tokens_per_s"] for p, r in runs.items()},
+        "holds": loss_diff <= FLAGS.tolerance and ppl_diff <= FLAGS.tolerance,
+        "machine": lm_throughput.machine(),
+        "losses": {p: r["losses"] for p, r in runs.items()},
+    }
+    text = json.dumps(result, indent=1)
+    print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    lm_throughput.config_argv()
+    app.run(main)
