@@ -32,6 +32,7 @@ def main(argv):
         return speech(DataError)
     from tfawd import eval_modes, export, training
     cfg = config.from_flags(FLAGS)
+    training.configure_runtime(cfg)
     modes = {"train": training.train, "finetune": training.finetune,
              "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
              "tune_dynamic_eval": eval_modes.tune_dynamic_eval,

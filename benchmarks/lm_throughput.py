@@ -179,6 +179,8 @@ def main(argv):
     from pipelines.lm_corpus import load_corpus
     from tfawd.evaluation import Evaluator
     cfg = config.from_flags(FLAGS)
+    from tfawd.training import configure_runtime
+    configure_runtime(cfg)
     if cfg.model != "awd_lstm":
         FLAGS.reference = False  # the reference is an AWD-LSTM
     corpus = load_corpus(cfg.dataset, cfg.data_dir)
@@ -215,6 +217,7 @@ def main(argv):
     tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
     result = {
         "benchmark": "lm_throughput", "config": config_path(), "precision": cfg.precision,
+        "threads": {"inter_op": cfg.inter_op_threads, "intra_op": cfg.intra_op_threads},
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "variable_bptt")},
         "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": machine(),

@@ -46,6 +46,9 @@ class LMConfig:
                                    "softmax, loss and carried state. Pays off only on CPUs with bf16 "
                                    "units (AMX / AVX512_BF16); elsewhere bf16 is emulated and slower.",
                         choices=("float32", "mixed_bfloat16"))
+    inter_op_threads: int = _f(0, "TensorFlow ops run concurrently (0: TensorFlow's default, "
+                                  "one per core).")
+    intra_op_threads: int = _f(0, "Threads inside one op (0: TensorFlow's default, one per core).")
     # Stream
     batch_size: int = _f(20, "Training batch size (number of contiguous stream columns).")
     eval_batch_size: int = _f(10, "Validation batch size (the reference uses 10).")

@@ -91,6 +91,14 @@ class RunState(tf.Module):
                 v.assign(tf.zeros_like(v))
 
 
+def configure_runtime(cfg) -> None:
+    """TensorFlow's thread pools as `cfg` asks (before the first op runs)."""
+    if cfg.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+    if cfg.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+
+
 def make_optimizer(cfg):
     """sgd: Keras SGD (its weight decay equals coupled L2 for plain SGD); ntasgd: NT-ASGD."""
     if cfg.optimizer == "ntasgd":
