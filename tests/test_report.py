@@ -58,3 +58,15 @@ def test_a_speech_run_gets_a_row_of_error_rates(tmp_path):
     assert "98.7%" in row and "30 min" in row and "results/las.json" in row
     assert "AWD" not in table and "Speech recognition" in report.render(str(tmp_path))
     assert report.speech_table(str(tmp_path / "none")) == ""
+
+
+def test_the_precision_guard_gets_a_row_with_both_differences(tmp_path):
+    guard = {"config": "configs/x.cfg", "steps": 300, "window": [100, 300], "tolerance": 0.01,
+             "mean_loss": {"float32": 6.0, "mixed_bfloat16": 6.03}, "mean_loss_rel_diff": 0.005,
+             "val_ppl": {"float32": 400.0, "mixed_bfloat16": 410.0}, "val_ppl_rel_diff": 0.025,
+             "holds": False}
+    (tmp_path / "precision_guard_x.json").write_text(json.dumps(guard))
+    row = report.precision_table(str(tmp_path)).splitlines()[-1]
+    assert "100-300: 6.0000 / 6.0300 (0.50%)" in row
+    assert "400.00 / 410.00 (2.50%)" in row and "| no (1%) |" in row
+    assert "### Mixed precision quality guard" in report.render(str(tmp_path))

@@ -106,6 +106,27 @@ def performance_table(results_dir: str = "results") -> str:
     return "\n".join(lines)
 
 
+def precision_table(results_dir: str = "results") -> str:
+    """float32 vs mixed_bfloat16 training of one config (benchmarks/precision_guard.py)."""
+    paths = sorted(glob.glob(os.path.join(results_dir, "precision_guard*.json")))
+    if not paths:
+        return ""
+    lines = ["| config | steps | mean loss over steps, float32 / bf16 (difference) | "
+             "val ppl float32 / bf16 (difference) | within tolerance | json |",
+             "|---|---|---|---|---|---|"]
+    for path in paths:
+        g = _load(path)
+        loss, ppl = g["mean_loss"], g["val_ppl"]
+        lo, hi = g["window"]
+        lines.append(
+            f"| `{g['config']}` | {g['steps']} | {lo}-{hi}: {loss['float32']:.4f} / "
+            f"{loss['mixed_bfloat16']:.4f} ({g['mean_loss_rel_diff']:.2%}) | "
+            f"{ppl['float32']:.2f} / {ppl['mixed_bfloat16']:.2f} ({g['val_ppl_rel_diff']:.2%}) | "
+            f"{'yes' if g['holds'] else 'no'} ({g['tolerance']:.0%}) | "
+            f"[json](results/{os.path.basename(path)}) |")
+    return "\n".join(lines)
+
+
 def _rates(run, split) -> str:
     """'CER / WER' of a split, greedy (beam) when both were decoded."""
     greedy, beam = run.get(f"{split}_greedy"), run.get(f"{split}_beam")
@@ -155,6 +176,10 @@ def render(results_dir: str = "results") -> str:
     perf = performance_table(results_dir)
     if perf:
         parts += ["", "### Training speed (benchmarks/lm_throughput.py)", "", perf]
+    guard = precision_table(results_dir)
+    if guard:
+        parts += ["", "### Mixed precision quality guard (benchmarks/precision_guard.py)", "",
+                  guard]
     return "\n".join(parts + ["", END])
 
 
