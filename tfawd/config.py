@@ -72,8 +72,11 @@ class LMConfig:
                               "(0: off; the paper uses 3785 on WikiText-2).")
     cache_theta: float = _f(0.662, "Cache pointer: inverse temperature of the dot products.")
     cache_lambda: float = _f(0.1279, "Cache pointer: weight of the cache in the mixture.")
-    cache_thetas: str = _f("0.3,0.5,0.662,0.8,1.0", "--mode=tune_cache: thetas to try.")
-    cache_lambdas: str = _f("0.05,0.1,0.1279,0.15,0.2,0.3", "--mode=tune_cache: lambdas to try.")
+    cache_thetas: str = _f("0.3,0.5,0.662,0.8,1.0,1.25,1.5,2.0",
+                           "--mode=tune_cache: thetas to try (the paper's WT2 choice is 0.662; "
+                           "weaker models want a larger theta and lambda).")
+    cache_lambdas: str = _f("0.05,0.1,0.1279,0.15,0.2,0.3,0.4,0.5",
+                            "--mode=tune_cache: lambdas to try.")
     dynamic_eval_lr: float = _f(0.0, "Dynamic evaluation learning rate eta (0: off).")
     dynamic_eval_lambda: float = _f(0.002, "Dynamic evaluation decay toward the trained weights.")
     dynamic_eval_bptt: int = _f(5, "Dynamic evaluation segment length.")
