@@ -27,6 +27,37 @@ def test_locked_dropout_preserves_the_expectation_and_is_identity_at_inference()
     assert abs(mean - 1.0) < 0.02
 
 
+def _dropout_layers(policy, rate=0.65):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        lstm = WeightDropLSTM(300, weight_dropout=rate, seed=3)
+        lstm.build((None, None, 4))
+        return (LockedDropout(rate, seed=1),
+                EmbeddingDropout(50_000, 1, dropout=rate, seed=2, embeddings_initializer="ones"),
+                lstm)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _kept(layers):
+    locked, embed, lstm = layers
+    outs = (locked(tf.ones([500, 1, 400], locked.compute_dtype), training=True),
+            embed(tf.range(50_000)[None], training=True),
+            lstm.dropped_recurrent_kernel(training=True))
+    return [tf.cast(o, tf.float32).numpy() != 0 for o in outs]
+
+
+def test_mixed_precision_draws_the_float32_masks_at_the_float32_keep_rate():
+    """Same seed, same units dropped in float32 and mixed_bfloat16 (dropout on a bfloat16
+    tensor would draw bfloat16 uniforms: other masks), so the two precisions' training runs
+    differ by rounding alone (benchmarks/precision_guard.py)."""
+    exact, mixed = _kept(_dropout_layers("float32")), _kept(_dropout_layers("mixed_bfloat16"))
+    for a, b in zip(exact, mixed):
+        np.testing.assert_array_equal(a, b)
+        assert abs(b.mean() - 0.35) < 0.005  # about 2e5 draws or more
+
+
 def test_locked_dropout_masks_change_between_calls():
     layer = LockedDropout(0.5, seed=4)
     a, b = layer(tf.ones([8, 3, 16]), training=True), layer(tf.ones([8, 3, 16]), training=True)

@@ -17,6 +17,14 @@ import tensorflow as tf
 from tfawd.lstm_kernel import lstm_recurrence
 
 
+def dropout_mask(shape, rate, seed_generator, dtype):
+    """A Bernoulli(1 - rate) / (1 - rate) mask of `shape`, drawn in float32 and returned in
+    `dtype`. Dropout applied to a bfloat16 tensor draws bfloat16 uniforms, i.e. other masks
+    than the float32 model draws from the same seed; drawn in float32, a mixed-precision run
+    and a float32 run of one seed drop the same units, so they differ by precision alone."""
+    return tf.cast(keras.random.dropout(tf.ones(shape), rate, seed=seed_generator), dtype)
+
+
 @keras.saving.register_keras_serializable("tfawd")
 class LockedDropout(keras.layers.Dropout):
     """Variational dropout on [batch, time, features]: a Bernoulli(1 - rate) mask of shape
@@ -25,6 +33,13 @@ class LockedDropout(keras.layers.Dropout):
     def __init__(self, rate, seed=None, **kwargs):
         kwargs.pop("noise_shape", None)
         super().__init__(rate, noise_shape=(None, 1, None), seed=seed, **kwargs)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        shape = tf.shape(inputs)
+        return inputs * dropout_mask([shape[0], 1, shape[2]], self.rate, self.seed_generator,
+                                     inputs.dtype)
 
 
 @keras.saving.register_keras_serializable("tfawd")
@@ -44,8 +59,8 @@ class EmbeddingDropout(keras.layers.Embedding):
         outputs = super().call(inputs)
         if not training or self.dropout == 0:
             return outputs
-        rows = keras.random.dropout(tf.ones([self.input_dim, 1], outputs.dtype), self.dropout,
-                                    seed=self.seed_generator)
+        rows = dropout_mask([self.input_dim, 1], self.dropout, self.seed_generator,
+                            outputs.dtype)
         return outputs * tf.gather(rows, tf.cast(inputs, tf.int32))
 
     def compute_output_spec(self, inputs, training=False):
@@ -102,7 +117,8 @@ class WeightDropLSTM(keras.layers.Layer):
         kernel = tf.convert_to_tensor(self.recurrent_kernel)
         if not training or self.weight_dropout == 0:
             return kernel
-        return keras.random.dropout(kernel, self.weight_dropout, seed=self.seed_generator)
+        return kernel * dropout_mask(tf.shape(kernel), self.weight_dropout, self.seed_generator,
+                                     kernel.dtype)
 
     def call(self, inputs, initial_state=None, training=False):
         batch = tf.shape(inputs)[0]
