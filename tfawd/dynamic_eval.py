@@ -24,29 +24,29 @@ from tfawd.losses import perplexity, token_nll
 
 def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_batches: int = 0):
     """RMS over training windows of the gradient of the mean loss, per trainable variable
-    (the statistics the update divides by), with the model's state carried and no dropout."""
+    (the statistics the update divides by), with the model's state carried and no dropout.
+    The squares are summed on the graph (float32 accumulators), not copied out per window."""
     variables = model.trainable_variables
+    sums = [tf.Variable(tf.zeros(v.shape), trainable=False) for v in variables]
     spec = tf.TensorSpec([batch_size, None], tf.int32)
     state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
 
     @tf.function(input_signature=[spec, spec, state_spec])
-    def squared_gradients(x, y, states):
+    def accumulate(x, y, states):
         with tf.GradientTape() as tape:
-            logits, states = model(x, states, training=False)
-            loss = tf.reduce_mean(token_nll(logits, y))
-        grads = tape.gradient(loss, variables)
-        return [tf.square(tf.convert_to_tensor(g)) for g in grads], states
+            nll, states = model(x, states, training=False, targets=y)
+            loss = tf.reduce_mean(nll)
+        for total, g in zip(sums, tape.gradient(loss, variables)):
+            total.assign_add(tf.square(tf.convert_to_tensor(g)))
+        return states
 
-    sums = [np.zeros(v.shape, np.float64) for v in variables]
     states, count = model.initial_state(batch_size), 0
     for x, y in bptt_dataset(train_ids, batch_size, bptt, variable=False):
-        squares, states = squared_gradients(x, y, states)
-        for total, sq in zip(sums, squares):
-            total += sq.numpy()
+        states = accumulate(x, y, states)
         count += 1
         if max_batches and count >= max_batches:
             break
-    return [np.sqrt(total / count).astype(np.float32) for total in sums]
+    return [np.sqrt(total.numpy() / count).astype(np.float32) for total in sums]
 
 
 class DynamicEvaluator:
