@@ -33,7 +33,7 @@ def test_encoder_frames_follow_stacking_and_pyramid():
 
 def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
     cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, max_epochs=2, attention_window=4,
-                   guided_attention=5.0, max_chars_per_frame=0.4)
+                   guided_attention=5.0, max_chars_per_frame=0.4, lr=0.004, lr_epoch_decay=0.5)
     first = speech_training.train(cfg)
     assert first["stopped"] == "max_steps" and first["steps"] == 2
     # resumed: continues from step 2 to the end of the second epoch
@@ -43,6 +43,8 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
     steps = [h["step"] for h in history if "train_loss" in h]
     assert steps == sorted(set(steps)) and steps[:2] == [1, 2]
     assert all(h["train_guided_attention"] > 0 for h in history if "train_loss" in h)
+    lrs = {h["epoch"]: h["lr"] for h in history if "train_loss" in h}
+    assert lrs == {1: pytest.approx(0.004), 2: pytest.approx(0.002)}  # also after the resume
     results = json.load(open(tmp_path / "run" / "results.json"))
     for split in ("valid", "test", "heldout"):
         for decoder in ("greedy", "beam"):

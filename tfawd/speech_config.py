@@ -69,6 +69,8 @@ class SpeechConfig:
     teacher_forcing_final: float = _f(0.9, "LAS: the same at the end of the schedule.")
     teacher_forcing_epochs: int = _f(10, "LAS: epochs over which the rate moves linearly "
                                          "from --teacher_forcing to --teacher_forcing_final.")
+    lr_epoch_decay: float = _f(1.0, "Adam's learning rate is --lr * this ** epoch (1: constant); "
+                                    "a decaying rate settles the late epochs' swings.")
     label_smoothing: float = _f(0.1, "LAS: label smoothing of the character targets.")
     guided_attention: float = _f(0.0, "LAS: weight of the guided attention loss (Tachibana et "
                                       "al. 2017, section 4.1): the mean over (label n, encoder "
@@ -105,6 +107,8 @@ def define_flags(fv=flags.FLAGS):
                  "max_chars_per_frame"):
         flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0",
                                  flag_values=fv)
+    flags.register_validator("lr_epoch_decay", lambda v: 0 < v <= 1,
+                             "--lr_epoch_decay must be in (0, 1]", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,
                              "--guided_attention_width must be positive", flag_values=fv)
     flags.register_multi_flags_validator(

@@ -224,6 +224,7 @@ class SpeechTrainer:
         start = time.perf_counter()
         while int(run.epoch) < cfg.max_epochs:
             epoch, rate = int(run.epoch), teacher_forcing_rate(cfg, int(run.epoch))
+            self.optimizer.learning_rate.assign(cfg.lr * cfg.lr_epoch_decay ** epoch)
             losses, frames, t0 = [], 0, time.perf_counter()
             for batch in self.epoch_batches(epoch).skip(int(run.batch)):
                 seed = tf.constant([cfg.seed, int(run.step)], tf.int32)
@@ -257,7 +258,8 @@ class SpeechTrainer:
         loss, guided = np.mean(losses, axis=0)
         entry = {"step": int(run.step), "epoch": int(run.epoch) + 1, "train_loss": float(loss),
                  "train_guided_attention": float(guided),
-                 "frames_per_s": frames / max(seconds, 1e-9), "teacher_forcing": rate}
+                 "frames_per_s": frames / max(seconds, 1e-9), "teacher_forcing": rate,
+                 "lr": float(self.optimizer.learning_rate.numpy())}
         self.history.append(entry)
         print(" - ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
                          for k, v in entry.items()), flush=True)
