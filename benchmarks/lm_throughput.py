@@ -216,7 +216,8 @@ def main(argv):
     peak = matmul_peak_gflops(cfg.precision)
     tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
     result = {
-        "benchmark": "lm_throughput", "config": config_path(), "precision": cfg.precision,
+        "benchmark": "lm_throughput", "command": command(), "commit": git_commit(),
+        "config": config_path(), "precision": cfg.precision,
         "threads": {"inter_op": cfg.inter_op_threads, "intra_op": cfg.intra_op_threads},
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "variable_bptt")},
@@ -247,6 +248,22 @@ def config_path():
     """The flagfile given as --config (or --flagfile)."""
     return next((a.split("=", 1)[1] for a in sys.argv
                  if a.startswith(("--config=", "--flagfile="))), None)
+
+
+def command() -> str:
+    """This run's command line, as typed (before --config became --flagfile)."""
+    return " ".join(["python", os.path.relpath(sys.argv[0], REPO)] + ORIGINAL_ARGS)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+ORIGINAL_ARGS = list(sys.argv[1:])
 
 
 def config_argv():

@@ -61,7 +61,8 @@ def main(argv):
     loss_diff = relative(means["mixed_bfloat16"], means["float32"])
     ppl_diff = relative(runs["mixed_bfloat16"]["val_ppl"], runs["float32"]["val_ppl"])
     result = {
-        "benchmark": "precision_guard", "config": lm_throughput.config_path(),
+        "benchmark": "precision_guard", "command": lm_throughput.command(),
+        "commit": lm_throughput.git_commit(), "config": lm_throughput.config_path(),
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "seed")},
         "steps": FLAGS.steps, "window": [lo, hi], "tolerance": FLAGS.tolerance,

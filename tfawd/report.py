@@ -103,7 +103,15 @@ def performance_table(results_dir: str = "results") -> str:
             f"{ev[0]:,.0f} / {ev[-1]:,.0f} | {m['cpu']}, {m['cores']} cores, bf16 units: "
             f"{', '.join(m.get('bf16_units', [])) or 'none'} | "
             f"[json](results/{os.path.basename(path)}) |")
+    lines += _commands(paths)
     return "\n".join(lines)
+
+
+def _commands(paths) -> list:
+    """The command of each benchmark JSON that recorded one."""
+    runs = [(os.path.basename(p), _load(p)) for p in paths]
+    return [""] + [f"- [{name}](results/{name}): `{run['command']}` (commit {run.get('commit')})"
+                   for name, run in runs if run.get("command")]
 
 
 def precision_table(results_dir: str = "results") -> str:
@@ -124,6 +132,7 @@ def precision_table(results_dir: str = "results") -> str:
             f"{ppl['float32']:.2f} / {ppl['mixed_bfloat16']:.2f} ({g['val_ppl_rel_diff']:.2%}) | "
             f"{'yes' if g['holds'] else 'no'} ({g['tolerance']:.0%}) | "
             f"[json](results/{os.path.basename(path)}) |")
+    lines += _commands(paths)
     return "\n".join(lines)
 
 
