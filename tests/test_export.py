@@ -150,6 +150,18 @@ def invalid(result, message):
     assert message in result["invalid_argument"]
 
 
+def xla_compiled_functions(path):
+    """Names of the functions a SavedModel would run through XLA (TF Serving refuses them
+    unless started with --xla_cpu_compilation_enabled)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    functions = proto.meta_graphs[0].graph_def.library.function
+    return [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b] + [
+        n.name for f in functions for n in f.node_def if n.attr["_XlaMustCompile"].b]
+
+
 # -- language model -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
@@ -168,6 +180,7 @@ def lm(tmp_path_factory):
 def test_language_model_export_contract(lm):
     model, vocab, base, paths = lm
     assert [os.path.basename(p) for p in paths] == ["1", "2"]
+    assert xla_compiled_functions(paths[1]) == []  # standard kernels only (tfawd/fusion.py)
     assert export.next_version(base, "lm") == 3
     texts = ["w1 w2 w3", "w4 café", "w5 qqq w6 w7 w8", EOS]
     cli_run = subprocess.Popen(  # saved_model_cli meanwhile, as TF Serving loads the model
@@ -270,6 +283,7 @@ def test_speech_export_contract(lm, tmp_path):
     base = lm[2]
     path = export.export_speech_model(model, vocab, RATE, MAX_DECODE, base, "las")
     assert os.path.basename(path) == "1"
+    assert xla_compiled_functions(path) == []
     config = open(export.write_models_config(base)).read()
     assert "name: 'las'" in config and "base_path: '/models/lm'" in config
     assert config.startswith("model_config_list {") and config.count("config {") == 2

@@ -1,4 +1,5 @@
 """Loss utilities and whole-split evaluation."""
+import contextlib
 import dataclasses
 import math
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfawd import fusion
 from tfawd.config import LMConfig
 from tfawd.evaluation import Evaluator
 from tfawd.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
@@ -53,11 +55,13 @@ def _values_and_grads(fn, h, w, b, y, d):
     return nll, tape.gradient(loss, [h, w, b])
 
 
-def test_decoder_nll_equals_cross_entropy_of_the_tied_logits_with_its_gradients():
+@pytest.mark.parametrize("xla", [True, False], ids=["xla_fused", "standard_kernels"])
+def test_decoder_nll_equals_cross_entropy_of_the_tied_logits_with_its_gradients(xla):
     case = _decoder_case(tf.float32)
     plain = lambda h, w, b, y: token_nll(tied_logits(h, w, b), y)  # noqa: E731
     want, want_grads = _values_and_grads(plain, *case)
-    got, got_grads = _values_and_grads(decoder_nll, *case)
+    with contextlib.nullcontext() if xla else fusion.standard_kernels():
+        got, got_grads = _values_and_grads(decoder_nll, *case)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(w),

@@ -1,8 +1,11 @@
 """The hand-written LSTM recurrence (tfawd/lstm_kernel.py) against autodiff of a plain loop."""
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfawd import fusion
 from tfawd.lstm_kernel import lstm_recurrence
 
 
@@ -33,12 +36,14 @@ def loss_and_grads(fn, z, h0, c0, u, weights):
     return (hs, h, c), tape.gradient(loss, [z, h0, c0, u])
 
 
-def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop():
+@pytest.mark.parametrize("xla", [True, False], ids=["xla_fused_steps", "standard_kernels"])
+def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop(xla):
     z, h0, c0, u = inputs()
     rng = np.random.default_rng(1)
     weights = [tf.constant(rng.normal(size=s), tf.float32) for s in ([6, 3, 5], [3, 5], [3, 5])]
     want_out, want_grads = loss_and_grads(plain_lstm, z, h0, c0, u, weights)
-    got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, weights)
+    with contextlib.nullcontext() if xla else fusion.standard_kernels():
+        got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, weights)
     for got, want in zip(got_out + tuple(got_grads), want_out + tuple(want_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -69,13 +69,19 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
 
 
 def export_language_model(model, vocab, base_dir, name, **kwargs) -> str:
+    """Traced with standard kernels only: TF Serving runs no XLA by default (tfawd/fusion.py)."""
+    from tfawd import fusion
     from tfawd.export_lm import export_language_model as export
-    return export(model, vocab, base_dir, name, **kwargs)
+    with fusion.standard_kernels():
+        return export(model, vocab, base_dir, name, **kwargs)
 
 
 def export_speech_model(model, char_vocab, sample_rate, max_decode_len, base_dir, name) -> str:
+    """Traced with standard kernels only, like `export_language_model`."""
+    from tfawd import fusion
     from tfawd.export_speech import export_speech_model as export
-    return export(model, char_vocab, sample_rate, max_decode_len, base_dir, name)
+    with fusion.standard_kernels():
+        return export(model, char_vocab, sample_rate, max_decode_len, base_dir, name)
 
 
 def _name(cfg, export_name: str) -> str:

@@ -3,6 +3,8 @@ import math
 
 import tensorflow as tf
 
+from tfawd import fusion
+
 
 def token_nll(logits, targets):
     """Per-token negative log-likelihood [B, T] of integer targets, computed in float32."""
@@ -10,16 +12,46 @@ def token_nll(logits, targets):
         labels=targets, logits=tf.cast(logits, tf.float32))
 
 
+@fusion.xla
+def _nll_from_products(products, bias, targets):
+    """(NLL [N], log-sum-exp [N]) of the logits `products` [N, V] + `bias`, in float32.
+
+    XLA fuses the cast, bias add, max, exp-sum and pick into loops over `products` instead of
+    the [N, V] float32 temporaries TensorFlow's kernels would write one by one."""
+    logits = tf.cast(products, tf.float32) + bias
+    lse = tf.reduce_logsumexp(logits, axis=-1)
+    return lse - tf.gather(logits, targets[:, None], batch_dims=1)[:, 0], lse
+
+
+def _logits_gradient_unfused(products, bias, lse, targets, d):
+    """`_logits_gradient` for standard kernels: the one-hot subtracted by a scatter instead
+    of an [N, V] one-hot tensor."""
+    d_logits = tf.exp(tf.cast(products, tf.float32) + bias - lse[:, None]) * d[:, None]
+    picks = tf.stack([tf.range(tf.shape(targets)[0]), targets], axis=1)
+    d_logits = tf.tensor_scatter_nd_sub(d_logits, picks, d)
+    return tf.cast(d_logits, products.dtype), tf.reduce_sum(d_logits, axis=0)
+
+
+@fusion.xla(fallback=_logits_gradient_unfused)
+def _logits_gradient(products, bias, lse, targets, d):
+    """(d_logits = (softmax - one_hot) * d in the products' dtype [N, V], its row sum = the
+    bias gradient [V]), recomputing the softmax from `products` in one fused loop."""
+    probs = tf.exp(tf.cast(products, tf.float32) + bias - lse[:, None])
+    d_logits = (probs - tf.one_hot(targets, tf.shape(products)[1])) * d[:, None]
+    return tf.cast(d_logits, products.dtype), tf.reduce_sum(d_logits, axis=0)
+
+
 def decoder_nll(h, weights, bias, targets):
     """Per-token NLL [...] of `targets` [...] under softmax(h W^T + b), h [..., E] in the compute
     precision, W [V, E] and b [V] float32: the output layer and the cross-entropy as one
     function with a hand-written gradient.
 
-    The matmul runs in h's precision (bfloat16 under mixed precision), the softmax and the loss
-    in float32. Fused, the [N, V] logits are made once and their gradient is
-    softmax - one_hot computed in place, instead of the separate bias add, casts and
-    cross-entropy kernel that autodiff of `token_nll(tied_logits(...))` runs over them; the
-    result is the same function (tests/test_losses_and_eval.py).
+    The matmuls run in h's precision (bfloat16 under mixed precision), the softmax and the loss
+    in float32. The [N, V] products h W^T are the only [N, V] tensor kept for the backward pass;
+    everything element-wise over them (bias, log-sum-exp, softmax - one_hot, the bias gradient)
+    runs in two XLA-fused loops, where autodiff of `token_nll(tied_logits(...))` runs a dozen
+    kernels each writing an [N, V] float32 temporary. Same function, same gradients
+    (tests/test_losses_and_eval.py); measured in benchmarks/xla_fusion.py.
     """
     dims = tf.shape(targets)
     flat_h = tf.reshape(h, [-1, h.shape[-1]])
@@ -28,16 +60,11 @@ def decoder_nll(h, weights, bias, targets):
     @tf.custom_gradient
     def nll(flat_h, weights, bias):
         w = tf.cast(weights, flat_h.dtype)
-        logits = tf.cast(tf.matmul(flat_h, w, transpose_b=True), tf.float32) + bias
-        lse = tf.reduce_logsumexp(logits, axis=-1)
-        picks = tf.stack([tf.range(tf.shape(flat_targets)[0]), flat_targets], axis=1)
-        out = lse - tf.gather_nd(logits, picks)
+        products = tf.matmul(flat_h, w, transpose_b=True)
+        out, lse = _nll_from_products(products, bias, flat_targets)
 
         def grad(d):
-            d_logits = tf.exp(logits - lse[:, None]) * d[:, None]
-            d_logits = tf.tensor_scatter_nd_sub(d_logits, picks, d)
-            d_bias = tf.reduce_sum(d_logits, axis=0)
-            d_logits = tf.cast(d_logits, flat_h.dtype)
+            d_logits, d_bias = _logits_gradient(products, bias, lse, flat_targets, d)
             d_w = tf.matmul(d_logits, flat_h, transpose_a=True)
             return tf.matmul(d_logits, w), tf.cast(d_w, weights.dtype), d_bias
 

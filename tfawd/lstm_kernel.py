@@ -11,6 +11,13 @@ step. Here (as cuDNN does, and the AWD-LSTM reference gets from it):
   gradient dU = [h_{-1} .. h_{T-2}]^T [dz_0 .. dz_{T-1}] as ONE matmul over the whole window
   (K = T * B instead of B), like the input weights' gradient.
 
+Each step's element-wise work (gates, cell update; their derivatives backward) is one XLA-fused
+function (`_cell_forward`, `_cell_backward`): a step is then a matmul and one fused kernel
+instead of a dozen small kernels, which on CPU are paid in dispatch more than in arithmetic
+(benchmarks/xla_fusion.py). The matmuls stay TensorFlow's (oneDNN): XLA's own bfloat16 matmul
+is slower here (benchmarks/xla_recurrence.py). Exported graphs use standard kernels instead
+(`fusion.standard_kernels`).
+
 The state and the gate arithmetic are float32 whatever the matmul precision: with bfloat16
 matmuls (mixed precision) only the products h U and dz U^T are computed in bfloat16, so the cell
 state does not lose precision over a window (Micikevicius et al. 2018, mixed precision training).
@@ -21,11 +28,36 @@ Gate order (i, f, g, o), the order of `keras.layers.LSTM` and of PyTorch's `nn.L
 """
 import tensorflow as tf
 
+from tfawd import fusion
+
 
 def _gates(z):
     """Activations of the pre-activations z [B, 4H] -> (i, f, g, o), float32."""
     i, f, g, o = tf.split(z, 4, axis=-1)
     return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+
+
+@fusion.xla
+def _cell_forward(z_in, hu, c):
+    """One step's gates and cell update from x_t W + b and h_{t-1} U: (h_t in U's dtype, c_t,
+    the activations [i, f, g, o] kept for backward), float32 arithmetic."""
+    i, f, g, o = _gates(tf.cast(z_in, tf.float32) + tf.cast(hu, tf.float32))
+    c = f * c + i * g
+    return tf.cast(o * tf.tanh(c), hu.dtype), c, tf.concat([i, f, g, o], -1)
+
+
+@fusion.xla
+def _cell_backward(acts, c, c_prev, dh, dc, d_out, dtype):
+    """One backward step: from the gradients reaching h_t (dh from step t+1, d_out from the
+    layer's output) and c_t, the pre-activation gradient dz_t (in `dtype`, the matmul dtype)
+    and the part of dc_{t-1} through the forget gate. float32 arithmetic."""
+    i, f, g, o = tf.split(acts, 4, axis=-1)
+    tanh_c = tf.tanh(c)
+    dh = dh + d_out
+    dc = dc + dh * o * (1 - tf.square(tanh_c))
+    dz = tf.concat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                    dc * i * (1 - tf.square(g)), dh * tanh_c * o * (1 - o)], -1)
+    return tf.cast(dz, dtype), dc * f
 
 
 @tf.custom_gradient
@@ -41,12 +73,8 @@ def lstm_recurrence(z_in, h0, c0, recurrent):
     hs_ta = tf.TensorArray(dtype, size=steps)
 
     def step(t, h, c, acts_ta, cs_ta, hs_ta):
-        z = tf.cast(z_ta.read(t), tf.float32) + tf.cast(tf.matmul(h, recurrent), tf.float32)
-        i, f, g, o = _gates(z)
-        c = f * c + i * g
-        h = tf.cast(o * tf.tanh(c), dtype)
-        return (t + 1, h, c, acts_ta.write(t, tf.concat([i, f, g, o], -1)), cs_ta.write(t, c),
-                hs_ta.write(t, h))
+        h, c, acts = _cell_forward(z_ta.read(t), tf.matmul(h, recurrent), c)
+        return (t + 1, h, c, acts_ta.write(t, acts), cs_ta.write(t, c), hs_ta.write(t, h))
 
     _, h_last, c_last, acts_ta, cs_ta, hs_ta = tf.while_loop(
         lambda t, *_: t < steps, step,
@@ -65,15 +93,10 @@ def lstm_recurrence(z_in, h0, c0, recurrent):
         recurrent_t = tf.transpose(recurrent)
 
         def back(t, dh, dc, dz_ta):
-            i, f, g, o = tf.split(acts_r.read(t), 4, axis=-1)
-            tanh_c = tf.tanh(cs_r.read(t))
-            dh = dh + d_hs_ta.read(t)
-            dc = dc + dh * o * (1 - tf.square(tanh_c))
-            dz = tf.concat([dc * g * i * (1 - i), dc * c_prev_r.read(t) * f * (1 - f),
-                            dc * i * (1 - tf.square(g)), dh * tanh_c * o * (1 - o)], -1)
-            dz = tf.cast(dz, dtype)
+            dz, dc_prev = _cell_backward(acts_r.read(t), cs_r.read(t), c_prev_r.read(t), dh, dc,
+                                         d_hs_ta.read(t), dtype)
             dh_prev = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)
-            return t - 1, dh_prev, dc * f, dz_ta.write(t, dz)
+            return t - 1, dh_prev, dc_prev, dz_ta.write(t, dz)
 
         _, dh0, dc0, dz_ta = tf.while_loop(
             lambda t, *_: t >= 0, back,
