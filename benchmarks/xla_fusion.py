@@ -1,0 +1,56 @@
+"""Does XLA fusion of the element-wise work speed up the training step? A/B in one process:
+tfawd's training step as it runs (each LSTM step's gate arithmetic forward and backward, and
+the softmax's element-wise work over the [N, V] products, in XLA-fused functions, tfawd/fusion.py)
+against the same step traced inside `fusion.standard_kernels()` (the same arithmetic as
+separate TensorFlow kernels), alternating rounds on the real stream. Prints JSON: tokens/s of
+each round, the median ratio, trace counts, and how far the two steps' losses drift apart.
+
+  python benchmarks/xla_fusion.py --config=configs/awd_lstm_wt2.cfg \
+      --precision=mixed_bfloat16 --steps=5 --rounds=3
+"""
+import json
+import statistics
+
+from absl import app
+
+import lm_throughput
+from lm_throughput import FLAGS, TfawdStep
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from pipelines.lm_corpus import load_corpus
+    from tfawd import config, fusion, training
+    cfg = config.from_flags(FLAGS)
+    training.configure_runtime(cfg)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    steps = {"fused": TfawdStep(cfg, corpus), "standard": TfawdStep(cfg, corpus)}
+    losses = {name: [] for name in steps}
+    steps["fused"].run(FLAGS.warmup, losses["fused"])
+    with fusion.standard_kernels():  # traced on its first call
+        steps["standard"].run(FLAGS.warmup, losses["standard"])
+    rounds = []
+    for _ in range(FLAGS.rounds):
+        row = {name: step.run(FLAGS.steps, losses[name]) for name, step in steps.items()}
+        row["ratio"] = row["fused"]["tokens_per_s"] / row["standard"]["tokens_per_s"]
+        rounds.append(row)
+    result = {
+        "benchmark": "xla_fusion", "command": lm_throughput.command(),
+        "commit": lm_throughput.git_commit(), "precision": cfg.precision,
+        "machine": lm_throughput.machine(), "steps_per_round": FLAGS.steps, "rounds": rounds,
+        "ratio_median": statistics.median(r["ratio"] for r in rounds),
+        "traces": {name: step.traces() for name, step in steps.items()},
+        # same seed and windows: the same function up to rounding, which training amplifies
+        "max_loss_difference": max(abs(a - b) for a, b in zip(*losses.values())),
+    }
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    lm_throughput.config_argv()
+    app.run(main)
