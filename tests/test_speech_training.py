@@ -78,3 +78,17 @@ def test_a_trained_run_is_evaluated_and_exported_with_its_own_model_flags(tmp_pa
     assert used.beam_size == 7  # decoding search settings stay the caller's
     fresh = SpeechConfig(model_dir=str(tmp_path / "new"), attention_window=16)
     assert speech_training.trained_model_flags(fresh) is fresh
+
+
+def test_with_ema_the_best_weights_are_the_moving_average(data_dir, tmp_path):
+    trainer = speech_training.SpeechTrainer(tiny_cfg(data_dir, tmp_path / "run", ema_decay=0.9))
+    assert trainer.train() == "max_epochs"
+    variables = trainer.model.trainable_variables
+    trained = [v.numpy() for v in variables]
+    with trainer.averaged_weights():
+        averaged = [v.numpy() for v in variables]
+    assert all(np.array_equal(v.numpy(), t) for v, t in zip(variables, trained))  # put back
+    assert not all(np.allclose(a, t) for a, t in zip(averaged, trained))
+    trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
+    for v, a in zip(variables, averaged):  # validated and kept as best: the average
+        np.testing.assert_array_equal(v.numpy(), a)

@@ -71,6 +71,10 @@ class SpeechConfig:
                                          "from --teacher_forcing to --teacher_forcing_final.")
     lr_epoch_decay: float = _f(1.0, "Adam's learning rate is --lr * this ** epoch (1: constant); "
                                     "a decaying rate settles the late epochs' swings.")
+    ema_decay: float = _f(0.0, "LAS: validate, keep as best and evaluate an exponential moving "
+                               "average of the weights (Polyak & Juditsky 1992), this much of "
+                               "it kept per step (Keras' use_ema); it evens out the swings of "
+                               "single epochs' weights. 0: off.")
     label_smoothing: float = _f(0.1, "LAS: label smoothing of the character targets.")
     guided_attention: float = _f(0.0, "LAS: weight of the guided attention loss (Tachibana et "
                                       "al. 2017, section 4.1): the mean over (label n, encoder "
@@ -109,6 +113,8 @@ def define_flags(fv=flags.FLAGS):
                                  flag_values=fv)
     flags.register_validator("lr_epoch_decay", lambda v: 0 < v <= 1,
                              "--lr_epoch_decay must be in (0, 1]", flag_values=fv)
+    flags.register_validator("ema_decay", lambda v: 0 <= v < 1,
+                             "--ema_decay must be in [0, 1)", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,
                              "--guided_attention_width must be positive", flag_values=fv)
     flags.register_multi_flags_validator(

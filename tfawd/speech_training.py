@@ -13,6 +13,7 @@ At the end the best weights decode every evaluation split greedily and with beam
 the run writes results.json (CER/WER per split, diagonality), attention PNGs and
 attention.npy for the first 10 validation utterances, and a training-curve PNG.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -192,7 +193,9 @@ class SpeechTrainer:
         keras.utils.set_random_seed(cfg.seed)
         self.data, self.sample_rate = featurized(cfg, self.vocab)
         self.model = build_las(cfg, self.vocab)
-        self.optimizer = keras.optimizers.Adam(cfg.lr, global_clipnorm=cfg.clip or None)
+        self.optimizer = keras.optimizers.Adam(cfg.lr, global_clipnorm=cfg.clip or None,
+                                               use_ema=cfg.ema_decay > 0,
+                                               ema_momentum=cfg.ema_decay or 0.99)
         self.train_step = make_train_step(self.model, self.optimizer, cfg)
         self.greedy = make_decoder(self.model, cfg.max_decode_len)
         self.run = tf.Module()
@@ -285,16 +288,33 @@ class SpeechTrainer:
                     tf.summary.image(f"attention/valid_{i:02d}", pic[None], step=int(self.run.step))
         return scores
 
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within: the model holds the moving average of its weights (--ema_decay; else
+        nothing changes); the trained weights come back on exit."""
+        if not self.optimizer.use_ema:
+            yield
+            return
+        variables = self.model.trainable_variables
+        kept = [tf.identity(v) for v in variables]
+        self.optimizer.finalize_variable_values(variables)
+        try:
+            yield
+        finally:
+            for v, value in zip(variables, kept):
+                v.assign(value)
+
     def _end_epoch(self):
         run = self.run
-        scores = self.validate(images=True)
+        with self.averaged_weights():  # validated, and kept as best, averaged
+            scores = self.validate(images=True)
+            if scores["cer"] < float(run.best_cer):
+                run.best_cer.assign(scores["cer"])
+                self.best.save()
         self.history.append({"step": int(run.step), "epoch": int(run.epoch) + 1,
                              **{f"val_{k}": v for k, v in scores.items()}})
         print(f"epoch {int(run.epoch) + 1}: valid CER {scores['cer']:.4f} WER {scores['wer']:.4f}"
               f" monotonic {scores['monotonic']:.3f}", flush=True)
-        if scores["cer"] < float(run.best_cer):
-            run.best_cer.assign(scores["cer"])
-            self.best.save()
         run.epoch.assign_add(1)
         run.batch.assign(0)
         self.save()
