@@ -70,3 +70,13 @@ def test_the_precision_guard_gets_a_row_with_both_differences(tmp_path):
     assert "100-300: 6.0000 / 6.0300 (0.50%)" in row
     assert "400.00 / 410.00 (2.50%)" in row and "| no (1%) |" in row
     assert "### Mixed precision quality guard" in report.render(str(tmp_path))
+
+
+def test_a_resumed_run_shows_every_command_that_trained_it(tmp_path):
+    resumed = dict(RUN, commands=["main.py --flagfile=x --time_budget_min=40",
+                                  "main.py --flagfile=x --time_budget_min=50"])
+    (tmp_path / "awd.json").write_text(json.dumps(resumed))
+    row = report.results_table(str(tmp_path)).splitlines()[2]
+    assert ("`python main.py --flagfile=x --time_budget_min=40`, resumed by "
+            "`python main.py --flagfile=x --time_budget_min=50`") in row
+    assert report.shown_command(RUN) == "python main.py --flagfile=x"  # older files: `command`

@@ -52,6 +52,8 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
             assert 0 <= scores["cer"] and scores["utterances"] == 12
     assert 0 <= results["diagonality_first10"]["monotonic"] <= 1
     assert results["model"] == "las" and results["flags"]["frame_stack"] == 3
+    assert results["commands"] == [results["command"]] * 2  # both invocations that trained it
+    assert results["wall_seconds_this_run"] > 0
     assert results["flags"]["attention_window"] == 4
     attention = np.load(tmp_path / "run" / "attention.npy")
     assert attention.shape[0] == 10

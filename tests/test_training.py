@@ -30,6 +30,7 @@ def test_training_learns_and_writes_results_plot_and_tensorboard(tiny_corpus, tm
     for key in ("val_ppl", "test_ppl", "train_tokens_per_s", "train_seconds", "versions", "flags"):
         assert key in results
     assert results["flags"]["emsize"] == 16
+    assert results["commands"] == [results["command"]]  # trained by one invocation
     assert results["test_eval"]["batch_size"] == 1
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 10000
     events = os.listdir(tmp_path / "run" / "tb" / "train")

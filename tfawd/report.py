@@ -43,6 +43,13 @@ def _pair(section) -> str:
     return f"{section['valid']['ppl']:.2f} / {section['test']['ppl']:.2f}"
 
 
+def shown_command(run: dict) -> str:
+    """The command that produced a run, as typed; with the earlier ones when it was resumed."""
+    commands = [c.replace("main.py", "python main.py", 1)
+                for c in run.get("commands") or [run.get("command", "")]]
+    return "`, resumed by `".join(commands)
+
+
 def run_rows(results_dir: str) -> list:
     rows = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
@@ -55,7 +62,7 @@ def run_rows(results_dir: str) -> list:
         curve = os.path.join(results_dir, f"{name}_loss_curve.png")
         rows.append({
             "name": name, "model": describe(run["flags"]), "dataset": run["dataset"],
-            "command": run.get("command", "").replace("main.py", "python main.py", 1),
+            "command": shown_command(run),
             "val": run["val_ppl"], "test": run["test_ppl"],
             "cache": _pair(extra.get("cache")), "dynamic": _pair(extra.get("dynamic_eval")),
             "epochs": run["epochs_completed"], "minutes": run["train_seconds"] / 60,
@@ -168,7 +175,7 @@ def speech_table(results_dir: str = "results") -> str:
              "|---|---|---|---|---|---|---|---|"]
     for path, r in runs:
         name = os.path.basename(path)[:-len(".json")]
-        command = r.get("command", "").replace("main.py", "python main.py", 1)
+        command = shown_command(r)
         lines.append(
             f"| {r['dataset']} | {_rates(r, 'valid')} | {_rates(r, 'test')} | "
             f"{_rates(r, 'heldout')} | {_diagonality(r['diagonality_first10'])} | "

@@ -350,15 +350,19 @@ class SpeechTrainer:
 
 
 def train(cfg) -> dict:
+    start = time.perf_counter()
     os.makedirs(cfg.model_dir, exist_ok=True)
     trainer = SpeechTrainer(cfg)
+    reporting.record_command(cfg.model_dir)
     stopped = trainer.train()
     if not trainer.best.latest_checkpoint:  # stopped before its first validation
         trainer.best.save()
     metrics = trainer.evaluate_best()
     run = trainer.run
     metrics.update(stopped=stopped, epochs=int(run.epoch), steps=int(run.step),
-                   train_seconds=round(float(run.seconds), 1), sample_rate=trainer.sample_rate,
+                   train_seconds=round(float(run.seconds), 1),
+                   wall_seconds_this_run=round(time.perf_counter() - start, 1),
+                   sample_rate=trainer.sample_rate,
                    parameters=int(sum(np.prod(v.shape) for v in trainer.model.trainable_variables)))
     speech_eval.plot_history(trainer.history, os.path.join(cfg.model_dir, "loss_curve.png"),
                              f"LAS on {cfg.dataset}")

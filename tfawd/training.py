@@ -379,6 +379,7 @@ def finetune(cfg, corpus: Corpus | None = None) -> dict:
 def _run(cfg, corpus, init_from=None) -> dict:
     start = time.perf_counter()
     trainer = Trainer(cfg, corpus, init_from)
+    reporting.record_command(cfg.model_dir)
     stopped = trainer.train()
     metrics = trainer.evaluate_best()
     st = trainer.state
