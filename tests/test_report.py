@@ -68,7 +68,11 @@ def test_the_precision_guard_gets_a_row_with_both_differences(tmp_path):
     (tmp_path / "precision_guard_x.json").write_text(json.dumps(guard))
     row = report.precision_table(str(tmp_path)).splitlines()[-1]
     assert "100-300: 6.0000 / 6.0300 (0.50%)" in row
-    assert "400.00 / 410.00 (2.50%)" in row and "| no (1%) |" in row
+    assert "400.00 / 410.00 (2.50%) | - | no (1%) |" in row  # ran without the control
+    guard["control"] = {"mean_loss_rel_diff": 0.001, "val_ppl_rel_diff": 0.04}
+    (tmp_path / "precision_guard_x.json").write_text(json.dumps(guard))
+    row = report.precision_table(str(tmp_path)).splitlines()[-1]
+    assert "(2.50%) | 0.10% / 4.00% | no (1%) |" in row
     assert "### Mixed precision quality guard" in report.render(str(tmp_path))
 
 

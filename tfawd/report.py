@@ -127,17 +127,20 @@ def precision_table(results_dir: str = "results") -> str:
     if not paths:
         return ""
     lines = ["| config | steps | mean loss over steps, float32 / bf16 (difference) | "
-             "val ppl float32 / bf16 (difference) | within tolerance | json |",
-             "|---|---|---|---|---|---|"]
+             "val ppl float32 / bf16 (difference) | rounding-only control: loss / ppl "
+             "difference | within tolerance | json |",
+             "|---|---|---|---|---|---|---|"]
     for path in paths:
         g = _load(path)
-        loss, ppl = g["mean_loss"], g["val_ppl"]
+        loss, ppl, control = g["mean_loss"], g["val_ppl"], g.get("control")
         lo, hi = g["window"]
+        floor = (f"{control['mean_loss_rel_diff']:.2%} / {control['val_ppl_rel_diff']:.2%}"
+                 if control else "-")
         lines.append(
             f"| `{g['config']}` | {g['steps']} | {lo}-{hi}: {loss['float32']:.4f} / "
             f"{loss['mixed_bfloat16']:.4f} ({g['mean_loss_rel_diff']:.2%}) | "
             f"{ppl['float32']:.2f} / {ppl['mixed_bfloat16']:.2f} ({g['val_ppl_rel_diff']:.2%}) | "
-            f"{'yes' if g['holds'] else 'no'} ({g['tolerance']:.0%}) | "
+            f"{floor} | {'yes' if g['holds'] else 'no'} ({g['tolerance']:.0%}) | "
             f"[json](results/{os.path.basename(path)}) |")
     lines += _commands(paths)
     return "\n".join(lines)
