@@ -1,6 +1,7 @@
 """Training behaviour: learning, lr annealing, outputs, and exact resume."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -130,5 +131,6 @@ def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_p
     metrics = evaluate(cfg, tiny_corpus)
     results = json.load(open(tmp_path / "run" / "eval_results.json"))
     assert {"plain", "cache", "dynamic_eval"} <= set(results)
+    assert all(results[s]["command"] == " ".join(sys.argv) for s in ("plain", "cache"))
     assert results["plain"]["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert results["cache"]["test"]["base_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)

@@ -10,10 +10,12 @@ averaged ones when NT-ASGD produced them):
   validation, the chosen pair then applied to validation and test.
 
 Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
-`dynamic_eval`), leaving the others in place, so the report sees every method's figures.
+`dynamic_eval`, each with the command that made it), leaving the others in place, so the
+report sees every method's figures.
 """
 import json
 import os
+import sys
 
 import tensorflow as tf
 
@@ -41,7 +43,7 @@ def _record(cfg, section: str, payload: dict) -> str:
     if os.path.exists(path):
         with open(path) as f:
             results = json.load(f)
-    results[section] = payload
+    results[section] = {**payload, "command": " ".join(sys.argv)}
     results["versions"] = reporting.versions()
     reporting.write_json(path, results)
     return path
