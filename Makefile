@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
 	touch $@
 
-## Train + evaluate the CPU-sized language model (about 2 h) and speech model (about 1 h).
+## Train + evaluate the CPU-sized language model and speech model (about 1 h in all on a
+## 2-core AMD EPYC, 3 h on a 2-core Intel Xeon).
 train: train-lm train-speech
 
 train-lm: $(STAMP)
