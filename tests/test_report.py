@@ -13,7 +13,8 @@ RUN = {"dataset": "wikitext2", "val_ppl": 100.0, "test_ppl": 95.5, "epochs_compl
 def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
     (tmp_path / "awd.json").write_text(json.dumps(RUN))
     (tmp_path / "awd_eval.json").write_text(json.dumps(
-        {"cache": {"valid": {"ppl": 80.0}, "test": {"ppl": 77.25}}}))
+        {"cache": {"valid": {"ppl": 80.0, "seconds": 60.0}, "test": {"ppl": 77.25, "seconds": 180},
+                   "command": "main.py --flagfile=x --mode=tune_cache"}}))
     (tmp_path / "awd_loss_curve.png").write_bytes(b"png")
     (tmp_path / "awd_eval_unrelated.json").write_text(json.dumps({"no": "metrics"}))
     table = report.results_table(str(tmp_path))
@@ -22,6 +23,8 @@ def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
         in row
     assert "10 min" in row and "1,234" in row and "python main.py --flagfile=x" in row
     assert "results/awd_loss_curve.png" in row
+    assert ("- awd cache: `python main.py --flagfile=x --mode=tune_cache` (valid 1 min, "
+            "test 3 min)") in table
     assert "| Merity et al. 2017 | AWD-LSTM | 68.6 | 65.8 |" in table  # labelled as theirs
 
 

@@ -68,8 +68,19 @@ def run_rows(results_dir: str) -> list:
             "epochs": run["epochs_completed"], "minutes": run["train_seconds"] / 60,
             "tokens_per_s": run["train_tokens_per_s"],
             "curve": os.path.basename(curve) if os.path.exists(curve) else None,
+            "eval_commands": [(section, _timed(extra[section]))
+                              for section in ("cache", "dynamic_eval")
+                              if extra.get(section, {}).get("command")],
         })
     return rows
+
+
+def _timed(section: dict) -> str:
+    """'`command` (valid N min, test N min)' of an eval_results.json section."""
+    minutes = ", ".join(f"{split} {section[split]['seconds'] / 60:.0f} min"
+                        for split in ("valid", "test") if "seconds" in section.get(split, {}))
+    command = section["command"].replace("main.py", "python main.py", 1)
+    return f"`{command}`" + (f" ({minutes})" if minutes else "")
 
 
 def results_table(results_dir: str = "results") -> str:
@@ -83,6 +94,10 @@ def results_table(results_dir: str = "results") -> str:
             f"| {r['dynamic']} | {r['epochs']} | {r['minutes']:.0f} min | "
             f"{r['tokens_per_s']:,.0f} | `{r['command']}` ([json](results/{r['name']}.json)"
             f"{curve}) |")
+    evals = [f"- {r['name']} {section.replace('_', ' ')}: {text}"
+             for r in run_rows(results_dir) for section, text in r["eval_commands"]]
+    if evals:
+        lines += ["", "Evaluation extras, run on the trained model:", ""] + evals
     lines += ["", "Published figures, for comparison (theirs, not produced here):", "",
               "| source | model | val ppl | test ppl |", "|---|---|---|---|"]
     lines += [f"| {s} | {m} | {v} | {t} |" for s, m, v, t in PUBLISHED]
