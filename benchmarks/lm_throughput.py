@@ -266,11 +266,16 @@ def main(argv):
         result["ratio_median"] = statistics.median(r["ratio"] for r in rounds)
     elif FLAGS.reference:
         result["reference_skipped"] = "torch is not importable (pip install torch==2.13.0)"
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
+    emit(result)
+
+
+def emit(result: dict, hidden: tuple = ()) -> None:
+    """Prints a benchmark's JSON (without the `hidden` keys) and writes all of it to --out."""
+    print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=1,
+                     default=float))
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
-            f.write(text + "\n")
+            f.write(json.dumps(result, indent=1, default=float) + "\n")
 
 
 def config_path():

@@ -14,7 +14,6 @@ difference below that floor says nothing about precision.
       --out=results/precision_guard_awd_cpu.json
 """
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -92,11 +91,7 @@ def main(argv):
         "machine": lm_throughput.machine(),
         "losses": {p: r["losses"] for p, r in runs.items()},
     }
-    text = json.dumps(result, indent=1)
-    print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(text + "\n")
+    lm_throughput.emit(result, hidden=("losses",))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ each round, the median ratio, trace counts, and how far the two steps' losses dr
   python benchmarks/xla_fusion.py --config=configs/awd_lstm_wt2.cfg \
       --precision=mixed_bfloat16 --steps=5 --rounds=3
 """
-import json
 import statistics
 
 from absl import app
@@ -47,11 +46,7 @@ def main(argv):
         # same weights), which the following steps amplify
         "loss_difference_by_step": [abs(a - b) for a, b in zip(*losses.values())],
     }
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(text + "\n")
+    lm_throughput.emit(result)
 
 
 if __name__ == "__main__":
