@@ -44,3 +44,14 @@ def test_adapting_to_a_repetitive_stream_lowers_perplexity_and_weights_are_resto
     assert len(tuned["grid"]) == 4 and tuned["ppl"] < 0.8 * static["ppl"], tuned["grid"]
     for v, b in zip(model.trainable_variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_a_long_evaluation_reports_its_progress(setup, monkeypatch, caplog):
+    from tfawd import dynamic_eval
+    corpus, model, rms = setup
+    monkeypatch.setattr(dynamic_eval, "LOG_EVERY", 10)
+    with caplog.at_level("INFO"):
+        DynamicEvaluator(model, rms).evaluate(corpus.ids["valid"][:101], lr=0.0, lam=0.0, bptt=5)
+    lines = [r.getMessage() for r in caplog.records if "dynamic eval" in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == ["dynamic eval: 50 / 100 tokens",
+                                                      "dynamic eval: 100 / 100 tokens"]

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from pipelines.bptt import bptt_dataset
 from tfawd import fusion
@@ -57,6 +58,9 @@ def _adapt(values, grads, trained, rms, decay_rate, lr, lam, epsilon):
     cap = 1.0 / tf.maximum(lam, 1e-12)  # decay never overshoots theta_0
     return [v + lam * tf.minimum(rate, cap) * (v0 - v) - lr * g / (r + epsilon)
             for v, g, v0, r, rate in zip(values, grads, trained, rms, decay_rate)]
+
+
+LOG_EVERY = 5000  # segments between progress lines
 
 
 class DynamicEvaluator:
@@ -106,10 +110,14 @@ class DynamicEvaluator:
         states = self.model.initial_state(1)
         lr, lam = tf.constant(lr, tf.float32), tf.constant(lam, tf.float32)
         try:
-            for x, y in bptt_dataset(ids, 1, bptt, variable=False):
+            for segment, (x, y) in enumerate(bptt_dataset(ids, 1, bptt, variable=False), 1):
                 nll, states = self._step(x, y, states, lr, lam, trained)
                 total += float(nll)
                 count += int(tf.size(y))
+                if segment % LOG_EVERY == 0:  # a whole split takes minutes: say how far it is
+                    logging.info("dynamic eval: %d / %d tokens, ppl so far %.2f, %.0f tokens/s",
+                                 count, len(ids) - 1, perplexity(total / count),
+                                 count / (time.perf_counter() - start))
         finally:
             for v, v0 in zip(self.variables, trained):
                 v.assign(v0)
