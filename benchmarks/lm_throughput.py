@@ -124,7 +124,8 @@ class TfawdStep:
             h = tf.zeros([self.cfg.batch_size, length, weights.shape[1]], dtype)
             with tf.GradientTape() as tape:
                 tape.watch(h)
-                nll = decoder_nll(h, weights, bias, tf.zeros([self.cfg.batch_size, length], tf.int32))
+                targets = tf.zeros([self.cfg.batch_size, length], tf.int32)
+                nll = decoder_nll(h, weights, bias, targets)
             float(tf.reduce_sum(tf.cast(tape.gradient(nll, h), tf.float32)))
         return {"window_lengths": len(lengths), "seconds": time.perf_counter() - start}
 

@@ -42,7 +42,3 @@ def standard_kernels():
         yield
     finally:
         _enabled = kept
-
-
-def enabled() -> bool:
-    return _enabled
