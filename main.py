@@ -5,9 +5,13 @@
 """
 import sys
 
-from absl import app, flags
+from tfawd import runtime
 
-from tfawd import config, speech_config
+runtime.configure_onednn()  # before TensorFlow is imported (tfawd/runtime.py says why)
+
+from absl import app, flags  # noqa: E402
+
+from tfawd import config, speech_config  # noqa: E402
 
 flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
                                     "tune_dynamic_eval", "predict", "generate", "export"],

@@ -21,6 +21,9 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
 from pipelines.corpus_files import default_data_dir  # noqa: E402
 from tfawd.config import LMConfig  # noqa: E402
 

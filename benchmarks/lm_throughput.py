@@ -17,7 +17,6 @@ reference (`pip install torch==2.13.0`; not a project dependency).
 import collections
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,9 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
 from tfawd import config  # noqa: E402
 
 flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
@@ -47,21 +49,6 @@ config.define_flags()
 FLAGS = flags.FLAGS
 
 
-def machine() -> dict:
-    """CPU model, cores and whether it has bf16 matrix units (AMX / AVX512_BF16)."""
-    info = {"cpu": platform.processor(), "cores": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines()
-                           if l.startswith("model name"))
-        cpu_flags = set(next(l for l in text.splitlines() if l.startswith("flags")).split())
-        info["bf16_units"] = sorted(cpu_flags & {"amx_bf16", "avx512_bf16"})
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
     """GFLOP/s of an n x n x n matmul in `dtype_name` (the machine's practical peak)."""
     import tensorflow as tf
@@ -76,15 +63,28 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def training_flops_per_token(cfg, vocab_size: int) -> int:
+def training_flops_per_token(cfg, vocab_size: int, train_ids=None) -> int:
     """Matmul FLOPs of one training token: 3x the forward (forward, grad of inputs, grad of
-    weights) of every LSTM layer's 4 gates over [input, hidden] and of the tied softmax."""
+    weights) of every LSTM layer's 4 gates over [input, hidden] and of the output layer: the
+    full softmax, or the adaptive softmax's head for every token plus each tail cluster's
+    projection and matrix for the share of `train_ids` in that cluster."""
     if cfg.model == "awd_lstm":
         sizes = [cfg.emsize] + [cfg.nhid] * (cfg.nlayers - 1) + [cfg.emsize]
     else:
         sizes = [cfg.emsize] + [cfg.nhid] * cfg.nlayers
     lstm = sum(2 * 4 * out * (inp + out) for inp, out in zip(sizes[:-1], sizes[1:]))
-    return 3 * (lstm + 2 * sizes[-1] * vocab_size)
+    e = sizes[-1]
+    cutoffs = cfg.adaptive_cutoffs_list()
+    if not cutoffs:
+        return 3 * (lstm + 2 * e * vocab_size)
+    import numpy as np
+    bounds = [0, *cutoffs, vocab_size]
+    output = 2 * e * (cutoffs[0] + len(cutoffs))  # the head
+    for i, (lo, hi) in enumerate(zip(bounds[1:], bounds[2:]), start=1):
+        share = float(np.mean((train_ids >= lo) & (train_ids < hi)))
+        d = max(1, int(e // cfg.adaptive_div ** i))
+        output += share * 2 * (e * d + d * (hi - lo))
+    return int(3 * (lstm + output))
 
 
 class TfawdStep:
@@ -114,6 +114,8 @@ class TfawdStep:
         `steps` windows, so the timed rounds measure the steady state; returns what it cost."""
         import tensorflow as tf
         from tfawd.losses import decoder_nll
+        if self.cfg.softmax != "full":
+            return {"skipped": "the adaptive softmax has no XLA-fused function"}
         while len(self.ahead) < steps:
             self.ahead.append(next(self.windows))
         lengths = sorted({int(x.shape[1]) for x, _ in self.ahead})
@@ -207,11 +209,11 @@ def main(argv):
     from pipelines.lm_corpus import load_corpus
     from tfawd.evaluation import Evaluator
     cfg = config.from_flags(FLAGS)
-    from tfawd.training import configure_runtime
+    from tfawd.training import configure_runtime, vocab_order
     configure_runtime(cfg)
     if cfg.model != "awd_lstm":
         FLAGS.reference = False  # the reference is an AWD-LSTM
-    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
     vocab_size = len(corpus.vocab)
 
     ours = TfawdStep(cfg, corpus)
@@ -229,11 +231,11 @@ def main(argv):
         rounds.append(row)
 
     evaluator, valid = Evaluator(ours.model), corpus.ids["valid"]
-    for b in (cfg.eval_batch_size, cfg.test_batch_size):  # trace before timing
-        evaluator.evaluate(valid[:2 * b + 1], b, cfg.bptt)
-    evaluation = {f"batch_{b}": evaluator.evaluate(valid[:FLAGS.eval_tokens_per_row * b + 1], b,
-                                                   cfg.bptt)["tokens_per_s"]
-                  for b in (cfg.eval_batch_size, cfg.test_batch_size)}
+    evaluation = {}
+    for b in (cfg.eval_batch_size, cfg.test_batch_size):
+        stream = valid[:FLAGS.eval_tokens_per_row * b + 1]
+        evaluator.evaluate(stream, b, cfg.bptt)  # traces, and compiles its window lengths
+        evaluation[f"batch_{b}"] = evaluator.evaluate(stream, b, cfg.bptt)["tokens_per_s"]
 
     tokens, start = 0, time.perf_counter()
     for x, _ in bptt.bptt_dataset(corpus.ids["train"], cfg.batch_size, cfg.bptt, seed=cfg.seed,
@@ -242,16 +244,18 @@ def main(argv):
     pipeline = tokens / (time.perf_counter() - start)
 
     profile = ours.profile(profiled, FLAGS.profile_dir) if span else None
-    flops = training_flops_per_token(cfg, vocab_size)
+    flops = training_flops_per_token(cfg, vocab_size, corpus.ids["train"])
     peak = matmul_peak_gflops(cfg.precision)
     tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
     result = {
         "benchmark": "lm_throughput", "command": command(), "commit": git_commit(),
         "config": config_path(), "precision": cfg.precision,
+        "precision_requested": FLAGS.precision,
         "threads": {"inter_op": cfg.inter_op_threads, "intra_op": cfg.intra_op_threads},
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
-                                               "batch_size", "bptt", "variable_bptt")},
-        "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": machine(),
+                                               "batch_size", "bptt", "variable_bptt",
+                                               "softmax", "adaptive_cutoffs", "adaptive_div")},
+        "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": runtime.machine(),
         "rounds": rounds, "tfawd_tokens_per_s": tfawd_median,
         "train_step_traces": ours.traces(), "xla_compile_ahead": compile_ahead,
         "training_flops_per_token": flops, "matmul_peak_gflops": peak,

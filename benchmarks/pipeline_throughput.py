@@ -12,6 +12,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
 from pipelines import bptt  # noqa: E402
 from pipelines.corpus_files import default_data_dir  # noqa: E402
 from pipelines.lm_corpus import load_corpus  # noqa: E402

@@ -58,11 +58,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from pipelines.lm_corpus import load_corpus
+    from tfawd.training import vocab_order
     cfg = config.from_flags(FLAGS)
     lo, hi = (int(v) for v in FLAGS.window.split(","))
     if hi > FLAGS.steps:
         raise app.UsageError(f"--window={FLAGS.window} ends after --steps={FLAGS.steps}")
-    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
     from tfawd import fusion
     runs = {p: train_and_validate(dataclasses.replace(cfg, precision=p), corpus)
             for p in PRECISIONS}
@@ -88,7 +89,7 @@ def main(argv):
             "mean_loss_rel_diff": relative(means[CONTROL], means["float32"]),
             "val_ppl_rel_diff": relative(runs[CONTROL]["val_ppl"], runs["float32"]["val_ppl"]),
         }} if CONTROL in runs else {}),
-        "machine": lm_throughput.machine(),
+        "machine": lm_throughput.runtime.machine(),
         "losses": {p: r["losses"] for p, r in runs.items()},
     }
     lm_throughput.emit(result, hidden=("losses",))

@@ -11,12 +11,19 @@ speech: 1 s of audio (`transcribe_wav`) and 100 frames of log-mels (`transcribe_
 """
 import io
 import json
+import os
+import sys
 import time
 import wave
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("lm_export", "", "A language model's version folder (e.g. saved_models/lm/1).")
 flags.DEFINE_string("speech_export", "", "A speech model's version folder.")
@@ -79,7 +86,8 @@ def main(argv):
     del argv
     if not (FLAGS.lm_export or FLAGS.speech_export):
         raise app.UsageError("give --lm_export and/or --speech_export")
-    out = {"repeats": FLAGS.repeats, "tensorflow": tf.__version__, "signatures": {}}
+    out = {"command": " ".join(["python"] + sys.argv), "repeats": FLAGS.repeats,
+           "tensorflow": tf.__version__, "machine": runtime.machine(), "signatures": {}}
     if FLAGS.lm_export:
         lm = tf.saved_model.load(FLAGS.lm_export)
         out["lm_export"] = FLAGS.lm_export

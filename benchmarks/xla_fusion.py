@@ -23,7 +23,7 @@ def main(argv):
     from tfawd import config, fusion, training
     cfg = config.from_flags(FLAGS)
     training.configure_runtime(cfg)
-    corpus = load_corpus(cfg.dataset, cfg.data_dir)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir, order=training.vocab_order(cfg))
     steps = {"fused": TfawdStep(cfg, corpus), "standard": TfawdStep(cfg, corpus)}
     losses = {name: [] for name in steps}
     steps["fused"].run(FLAGS.warmup, losses["fused"])
@@ -38,7 +38,7 @@ def main(argv):
     result = {
         "benchmark": "xla_fusion", "command": lm_throughput.command(),
         "commit": lm_throughput.git_commit(), "precision": cfg.precision,
-        "machine": lm_throughput.machine(), "steps_per_round": FLAGS.steps, "rounds": rounds,
+        "machine": lm_throughput.runtime.machine(), "steps_per_round": FLAGS.steps, "rounds": rounds,
         "ratio_median": statistics.median(r["ratio"] for r in rounds),
         "traces": {name: step.traces() for name, step in steps.items()},
         "xla_compile_ahead": compile_ahead,

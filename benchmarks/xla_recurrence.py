@@ -13,6 +13,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
 
 flags.DEFINE_integer("steps", 70, "Window length T.")
 flags.DEFINE_integer("batch", 80, "Batch B.")

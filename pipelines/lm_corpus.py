@@ -65,11 +65,12 @@ def read_lines(name: str, split: str, data_dir: str | None = None, tfds_dir: str
 
 
 def load_corpus(name: str, data_dir: str | None = None, tfds_dir: str | None = None,
-                vocab: Vocabulary | None = None) -> Corpus:
-    """Tokenised splits of corpus `name`; the vocabulary comes from train unless given."""
+                vocab: Vocabulary | None = None, order: str = "first") -> Corpus:
+    """Tokenised splits of corpus `name`; the vocabulary comes from train unless given, its
+    ids in `order` (`Vocabulary.from_tokens`)."""
     corpus_files.corpus_files(name, data_dir)  # verify the source even when TFDS is prepared
     tokens = {s: tokenize(read_lines(name, s, data_dir, tfds_dir)) for s in TFDS_SPLITS}
-    vocab = vocab or Vocabulary.from_tokens(tokens["train"])
+    vocab = vocab or Vocabulary.from_tokens(tokens["train"], order)
     ids = {s: vocab.encode(t) for s, t in tokens.items()}
     for s, t in tokens.items():
         logging.info("%s %s: %d tokens, %d mapped to <unk>", name, s, len(t),

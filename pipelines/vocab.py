@@ -1,9 +1,11 @@
 """Tokenisation and vocabulary, exactly as the AWD-LSTM reference code (Merity et al. 2017).
 
 Each line is split on whitespace and `<eos>` is appended, so an empty line is one `<eos>`.
-Word ids follow first appearance in the training split. Words outside the vocabulary map to
+Word ids follow first appearance in the training split (or frequency, for an adaptive softmax). Words outside the vocabulary map to
 `<unk>` (WikiText-2 and PTB already contain it, so their valid/test splits have none left over).
 """
+import collections
+
 import numpy as np
 
 EOS = "<eos>"
@@ -33,7 +35,15 @@ class Vocabulary:
                 self.words.append(special)
 
     @classmethod
-    def from_tokens(cls, tokens):
+    def from_tokens(cls, tokens, order: str = "first"):
+        """Words of `tokens` in order of first appearance (the reference's ids), or with
+        `order="frequency"` most frequent first (ties by first appearance): what frequency
+        clusters (an adaptive softmax) need."""
+        if order == "frequency":
+            counts = collections.Counter(tokens)
+            return cls(sorted(counts, key=lambda w: -counts[w]))  # stable: first appearance
+        if order != "first":
+            raise ValueError(f"order must be 'first' or 'frequency', got {order!r}")
         return cls(dict.fromkeys(tokens))  # dict keeps first-appearance order
 
     def __len__(self):

@@ -3,11 +3,15 @@ synthetic corpus for fast training tests."""
 import os
 import pathlib
 
-import numpy as np
-import pytest
+from tfawd import runtime
 
-from pipelines.lm_corpus import Corpus, load_corpus
-from pipelines.vocab import Vocabulary, tokenize
+runtime.configure_onednn()  # as main.py does, before TensorFlow is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pipelines.lm_corpus import Corpus, load_corpus  # noqa: E402
+from pipelines.vocab import Vocabulary, tokenize  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -163,15 +163,25 @@ def xla_compiled_functions(path):
 
 
 # -- language model -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
+@pytest.fixture(scope="module", params=["full", "adaptive"])
+def lm(request, tmp_path_factory):
+    """A tiny AWD-LSTM with the full softmax, or the adaptive one (clients see no difference)."""
     keras.utils.set_random_seed(0)
     vocab = Vocabulary([f"w{i}" for i in range(17)] + ["café"])  # non-ASCII words too
-    model = AwdLstmModel(len(vocab), emsize=8, nhid=12, nlayers=2)
+    adaptive = dict(softmax="adaptive", cutoffs=[6, 12], div=2) if request.param == "adaptive" \
+        else {}
+    model = AwdLstmModel(len(vocab), emsize=8, nhid=12, nlayers=2, **adaptive)
     model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
-    bias = np.random.default_rng(0).normal(size=len(vocab)).astype(np.float32)
-    bias[vocab.unk_id] = 6.0  # <unk> would win everything if it were not masked
-    model.decoder_bias.assign(bias)
+    rng = np.random.default_rng(0)
+    if adaptive:  # <unk> (the last id, in the last cluster) would win if it were not masked
+        for b in model.softmax.biases:
+            b.assign(rng.normal(size=b.shape).astype(np.float32))
+        model.softmax.biases[0][-1].assign(6.0)
+        model.softmax.biases[-1][vocab.unk_id - 12].assign(6.0)
+    else:
+        bias = rng.normal(size=len(vocab)).astype(np.float32)
+        bias[vocab.unk_id] = 6.0  # <unk> would win everything if it were not masked
+        model.decoder_bias.assign(bias)
     base = str(tmp_path_factory.mktemp("exports"))
     paths = [export.export_language_model(model, vocab, base, "lm") for _ in range(2)]
     return model, vocab, base, paths

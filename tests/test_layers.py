@@ -119,6 +119,22 @@ def test_weight_drop_lstm_without_dropout_is_a_plain_lstm():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_one_token_calls_step_without_the_loop_and_agree_with_the_loop():
+    """Generation feeds one token per call: such a window is a single `lstm_step` (no
+    while loop); token by token it gives the outputs and state of the whole-window loop."""
+    x, h0, c0 = _inputs(steps=6)
+    layer = WeightDropLSTM(4, weight_dropout=0.0, return_state=True)
+    out, h, c = layer(x, initial_state=(h0, c0))
+    state, steps = (h0, c0), []
+    for t in range(x.shape[1]):
+        step_out, *state = layer(x[:, t:t + 1], initial_state=state)
+        assert step_out.shape[1] == 1
+        steps.append(step_out)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), out, rtol=1e-5, atol=1e-6)
+    for got, want in zip(state, (h, c)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_weight_drop_lstm_uses_one_mask_for_every_time_step_of_a_call():
     x, h0, c0 = _inputs(steps=12)
     layer = WeightDropLSTM(4, weight_dropout=0.5, return_state=True, seed=7)

@@ -80,7 +80,7 @@ def test_decoder_nll_in_bfloat16_keeps_a_float32_loss_and_gradient_dtypes():
 def test_evaluation_is_exact_and_independent_of_window_length(tiny_corpus):
     """Carrying the state makes the split's NLL the same for any window length, and equal to
     scoring the whole column in one call."""
-    model = build_model(LMConfig(emsize=8, nhid=8, dropout=0.3), len(tiny_corpus.vocab))
+    model = build_model(LMConfig(emsize=8, nhid=8, dropout=0.3, precision="float32"), len(tiny_corpus.vocab))
     ids = tiny_corpus.ids["valid"]
     ev = Evaluator(model)
     a, b = ev.evaluate(ids, 3, bptt=5), ev.evaluate(ids, 3, bptt=64)
@@ -96,7 +96,7 @@ def test_evaluation_is_exact_and_independent_of_window_length(tiny_corpus):
 def test_a_mixed_precision_model_is_scored_in_float32_at_small_batches(tiny_corpus):
     """Batch <= FLOAT32_MAX_BATCH: the float32 twin with the model's current weights (so the
     figure equals a float32 model's exactly); larger batches: the bfloat16 model itself."""
-    cfg = LMConfig(model="awd_lstm", emsize=8, nhid=12, nlayers=3)
+    cfg = LMConfig(model="awd_lstm", emsize=8, nhid=12, nlayers=3, precision="float32")
     mixed = build_model(dataclasses.replace(cfg, precision="mixed_bfloat16"), len(tiny_corpus.vocab))
     exact = build_model(cfg, len(tiny_corpus.vocab))
     copy_weights(mixed, exact)

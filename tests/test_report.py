@@ -87,3 +87,28 @@ def test_a_resumed_run_shows_every_command_that_trained_it(tmp_path):
     assert ("`python main.py --flagfile=x --time_budget_min=40`, resumed by "
             "`python main.py --flagfile=x --time_budget_min=50`") in row
     assert report.shown_command(RUN) == "python main.py --flagfile=x"  # older files: `command`
+
+
+def _bench(cpu, isa, units, onednn, caps=None, ratio=1.5):
+    return {"config": "configs/awd_lstm_wt2.cfg", "precision": "float32",
+            "model": {"emsize": 400, "nhid": 1150, "batch_size": 80},
+            "tfawd_tokens_per_s": 1500.0, "reference_tokens_per_s": 1000.0, "ratio_median": ratio,
+            "rounds": [{"ratio": ratio}], "achieved_fraction_of_peak": 0.7,
+            "matmul_peak_gflops": 120.0, "eval_tokens_per_s": {"batch_10": 3000.0, "batch_1": 900.0},
+            "command": "python benchmarks/lm_throughput.py", "commit": "abc",
+            "machine": {"cpu": cpu, "cores": 2, "isa": isa, "bf16_units": units,
+                        "onednn": {"enabled": onednn}, "isa_caps": caps or {}}}
+
+
+def test_speed_rows_name_the_machine_class_and_oneDNN_and_group_by_class(tmp_path):
+    benches = {"lm_throughput_a.json": _bench("Xeon", ["avx2", "avx512f"], ["amx_bf16"], True),
+               "lm_throughput_b.json": _bench("EPYC", ["avx2"], [], True, ratio=1.81),
+               "lm_throughput_c.json": _bench("EPYC", ["avx2", "avx512f"], ["avx512_bf16"], False,
+                                              caps={"ONEDNN_MAX_CPU_ISA": "AVX2"})}
+    for name, bench in benches.items():
+        (tmp_path / name).write_text(json.dumps(bench))
+    rows = [r for r in report.performance_table(str(tmp_path)).splitlines() if r.startswith("| A")]
+    assert [r.split(" | ")[0] for r in rows] == ["| AMX bf16", "| AVX2",
+                                                 "| AVX2 (emulated: EPYC with ISA caps)"]
+    assert "| on | 1,500 | 1,000 | 1.81x (1.81) |" in rows[1]
+    assert "| off |" in rows[2]

@@ -15,7 +15,8 @@ from tfawd.training import RunError, Trainer, train
 def tiny_cfg(model_dir, **kw):
     base = dict(model_dir=str(model_dir), emsize=16, nhid=16, nlayers=2, dropout=0.2,
                 batch_size=4, eval_batch_size=2, test_batch_size=1, bptt=8, variable_bptt=True,
-                lr=2.0, max_epochs=2, log_every=5, checkpoint_every=7, seed=3)
+                lr=2.0, max_epochs=2, log_every=5, checkpoint_every=7, seed=3,
+                precision="float32")  # the same numbers on every CPU (auto would differ)
     base.update(kw)
     return LMConfig(**base)
 
@@ -48,10 +49,30 @@ def test_learning_rate_is_divided_when_validation_does_not_improve(tiny_corpus, 
     assert int(trainer.state.epoch) == 2 and int(trainer.state.window) == 0
 
 
-def test_max_steps_bounds_the_run(tiny_corpus, tmp_path):
+def test_max_steps_bounds_the_run_and_a_stop_inside_an_epoch_keeps_its_weights(tiny_corpus,
+                                                                              tmp_path):
+    """Stopped inside the first epoch, the run validates the weights it has and evaluates
+    them (before, it fell back to the last weights validated at an epoch end)."""
     metrics = train(tiny_cfg(tmp_path / "run", max_steps=9), tiny_corpus)
     assert metrics["steps"] == 9 and metrics["stopped"] == "max_steps"
-    assert metrics["weights"] == "last"  # stopped before the first validation
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    partial = [h for h in history if h.get("partial")]
+    assert len(partial) == 1 and partial[0]["step"] == 9 and partial[0]["kept"]
+    assert metrics["weights"] == "best"
+    assert metrics["val_nll"] == pytest.approx(partial[0]["val_loss"], rel=1e-6)
+
+
+def test_a_stop_inside_a_later_epoch_keeps_the_better_of_it_and_the_best_epoch(tiny_corpus,
+                                                                               tmp_path):
+    from pipelines.bptt import num_windows
+    first = num_windows(len(tiny_corpus.ids["train"]), 4, 8, seed=3, epoch=0)
+    cfg = tiny_cfg(tmp_path / "run", max_steps=first + first // 2, lr_decay=1.0)
+    metrics = train(cfg, tiny_corpus)
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    epoch_end = [h["val_loss"] for h in history if "val_loss" in h and not h.get("partial")]
+    partial = [h for h in history if h.get("partial")][0]
+    assert len(epoch_end) == 1 and partial["kept"] == (partial["val_loss"] < epoch_end[0])
+    assert metrics["val_nll"] == pytest.approx(min(epoch_end[0], partial["val_loss"]), rel=1e-6)
 
 
 def _weights(trainer):
@@ -108,9 +129,12 @@ def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
     names = {n for n, _ in tf.train.list_variables(trainer.best.latest_checkpoint)}
     assert sum(n.startswith("variables/") for n in names) == len(trainer.model.variables)
     trainer.cfg.max_epochs, trainer.cfg.max_steps = 3, int(trainer.state.step) + 10
-    trainer.train()  # 10 more steps, no validation: the live weights drift from the best
+    trainer.train()  # 10 more steps, stopped inside an epoch: the live weights drift
     assert trainer.validate()["nll"] != pytest.approx(best, rel=1e-6)
-    assert trainer.evaluate_best()["val_nll"] == pytest.approx(best, rel=1e-6)
+    stop = trainer.history[-1]  # the check at the stop keeps those weights only if better
+    assert stop["partial"] and stop["kept"] == (stop["val_loss"] < best)
+    kept = stop["val_loss"] if stop["kept"] else best
+    assert trainer.evaluate_best()["val_nll"] == pytest.approx(kept, rel=1e-6)
 
 
 def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_path):

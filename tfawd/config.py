@@ -8,6 +8,7 @@ import dataclasses
 from absl import flags
 
 from pipelines.corpus_files import CORPORA, default_data_dir
+from tfawd import runtime
 
 MODELS = ("lstm", "awd_lstm", "las")
 SPEECH_DATASETS = ("spoken_digits", "espeak", "manifest", "npy")  # for --model=las
@@ -42,10 +43,22 @@ class LMConfig:
     wdrop: float = _f(0.5, "awd_lstm: DropConnect on the hidden-to-hidden matrices.")
     alpha: float = _f(0.0, "AR: alpha * mean(dropped last-layer output^2) (AWD-LSTM 4.6).")
     beta: float = _f(0.0, "TAR: beta * mean(raw last-layer output[t+1] - output[t])^2.")
-    precision: str = _f("float32", "float32, or mixed_bfloat16: bf16 matmuls with float32 weights, "
-                                   "softmax, loss and carried state. Pays off only on CPUs with bf16 "
-                                   "units (AMX / AVX512_BF16); elsewhere bf16 is emulated and slower.",
-                        choices=("float32", "mixed_bfloat16"))
+    softmax: str = _f("full", "Output layer. full: one softmax over the vocabulary (the paper). "
+                              "adaptive: the adaptive softmax (Grave et al. 2017) tied to "
+                              "adaptive input embeddings (Baevski & Auli 2019), the vocabulary "
+                              "ordered by frequency; exact normalised probabilities everywhere.",
+                      choices=("full", "adaptive"))
+    adaptive_cutoffs: str = _f("2000,10000", "--softmax=adaptive: word ranks where the frequency "
+                                             "clusters start (increasing, below the vocabulary "
+                                             "size).")
+    adaptive_div: int = _f(4, "--softmax=adaptive: each cluster's embedding is this many times "
+                              "narrower than the previous one's.")
+    precision: str = _f("auto", "auto: mixed_bfloat16 where the hardware multiplies bfloat16 "
+                                "natively (CPUs with AMX / AVX512_BF16, GPUs of compute capability "
+                                ">= 8), float32 elsewhere (bf16 would be emulated, slower). "
+                                "mixed_bfloat16: bf16 matmuls with float32 weights, softmax, loss "
+                                "and carried state. The precision used is in results.json.",
+                        choices=("auto", "float32", "mixed_bfloat16"))
     inter_op_threads: int = _f(0, "TensorFlow ops run concurrently (0: TensorFlow's default, "
                                   "one per core).")
     intra_op_threads: int = _f(0, "Threads inside one op (0: TensorFlow's default, one per core).")
@@ -98,6 +111,12 @@ class LMConfig:
     profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
                                 "(TensorBoard profile tab).")
 
+    def adaptive_cutoffs_list(self) -> list:
+        """--adaptive_cutoffs as ints when --softmax=adaptive (else no clusters)."""
+        if self.softmax != "adaptive":
+            return []
+        return [int(c) for c in self.adaptive_cutoffs.split(",") if c.strip()]
+
     def profile_range(self):
         if not self.profile_steps:
             return None
@@ -125,6 +144,14 @@ def _valid_float_list(text):
     except ValueError:
         return False
 PROBABILITIES = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
+
+
+def _valid_cutoffs(value):
+    try:
+        cutoffs = [int(c) for c in value.split(",") if c.strip()]
+    except ValueError:
+        return False
+    return bool(cutoffs) and cutoffs[0] > 0 and all(a < b for a, b in zip(cutoffs, cutoffs[1:]))
 
 
 def _valid_profile_steps(value):
@@ -207,6 +234,11 @@ def define_flags(fv=flags.FLAGS):
         flags.register_validator(name, check, f"--{name} {text}", flag_values=fv)
     flags.register_validator("lr_decay", lambda v: v >= 1, "--lr_decay must be >= 1",
                              flag_values=fv)
+    flags.register_validator("adaptive_cutoffs", _valid_cutoffs,
+                             "--adaptive_cutoffs must be increasing positive integers, e.g. "
+                             "2000,10000", flag_values=fv)
+    flags.register_validator("adaptive_div", lambda v: v >= 1, "--adaptive_div must be >= 1",
+                             flag_values=fv)
     flags.register_validator("profile_steps", _valid_profile_steps,
                              "--profile_steps must be START,END with 0 <= START < END",
                              flag_values=fv)
@@ -220,7 +252,10 @@ def inference_from_flags(fv=flags.FLAGS) -> InferenceConfig:
 
 
 def from_flags(fv=flags.FLAGS) -> LMConfig:
+    """The run's config; `--precision=auto` becomes the precision this machine runs
+    (`runtime.resolve_precision`), so everything downstream sees a concrete dtype policy."""
     cfg = LMConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(LMConfig)})
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
+    cfg.precision = runtime.resolve_precision(cfg.precision)
     return cfg

@@ -66,8 +66,9 @@ class LanguageModelSignatures:
             tf.debugging.assert_less_equal(k, allowed, message=f"k must be at most {allowed}, "
                                            f"the vocabulary without {UNK}")])
         inputs, lengths, _ = self._read(text)
-        last = tf.gather(self._logits(inputs), lengths - 1, batch_dims=1)
-        probs = tf.nn.softmax(last)
+        h, _ = self.model.features(inputs, self.model.initial_state(tf.shape(inputs)[0]))
+        last = tf.gather(h, lengths - 1, batch_dims=1)  # the output layer at the last word only
+        probs = tf.nn.softmax(tf.cast(self.model.logits(last), tf.float32))
         top = tf.math.top_k(tf.where(tf.range(self.size) == self.unk, -1.0, probs), k)
         return {"words": self._word(top.indices), "probabilities": top.values, "ids": top.indices}
 

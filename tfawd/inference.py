@@ -25,7 +25,8 @@ from tfawd.training import RunError, flag_mismatches
 
 log = logging.getLogger(__name__)
 METHODS = ("greedy", "sample")
-_ARCHITECTURE = ("model", "emsize", "nhid", "nlayers", "tie_weights")
+_ARCHITECTURE = ("model", "emsize", "nhid", "nlayers", "tie_weights", "softmax", "adaptive_cutoffs",
+                 "adaptive_div")
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -141,11 +142,11 @@ def _read_prompt(model, ids, lengths):
     common prefix is one model call; longer rows then advance one token at a time while
     shorter ones keep their state."""
     shortest, longest = tf.reduce_min(lengths), tf.shape(ids)[1]
-    logits, states = model(ids[:, :shortest], model.initial_state(tf.shape(ids)[0]))
-    last = tf.cast(logits[:, -1], tf.float32)
+    h, states = model.features(ids[:, :shortest], model.initial_state(tf.shape(ids)[0]))
+    last = tf.cast(model.logits(h[:, -1]), tf.float32)  # the output layer at one position only
 
     def step(t, last, states):
-        logits, new = model(ids[:, t:t + 1], states)
+        logits, new = model(tf.reshape(ids[:, t], [-1, 1]), states)  # T=1: no recurrence loop
         active = (t < lengths)[:, None]
         states = [tuple(tf.where(active, n, o) for n, o in zip(*pair)) for pair in zip(new, states)]
         return t + 1, tf.where(active, tf.cast(logits[:, 0], tf.float32), last), states
@@ -154,19 +155,20 @@ def _read_prompt(model, ids, lengths):
     return last, states
 
 
-def _top_k_filter(logits, k):
-    """Keeps the `k` highest logits (and any tied with the k-th)."""
-    kth = tf.math.top_k(logits, k).values[:, -1:]
-    return tf.where(logits < kth, -np.inf, logits)
+def _sample_filtered(logits, top_k, top_p, step_seed):
+    """A draw from softmax(`logits` [B, V]) cut to the `top_k` most likely tokens (0: all), then
+    to the nucleus: the smallest set of most likely tokens whose probability reaches `top_p`.
 
-
-def _top_p_filter(logits, p):
-    """Keeps the smallest set of most likely tokens whose probability reaches `p`."""
-    order = tf.argsort(logits, direction="DESCENDING", stable=True)
-    ranked = tf.gather(logits, order, batch_dims=1)
+    Only the candidates are ranked: `tf.math.top_k` with k = top_k is one pass over the
+    vocabulary, where sorting all of it (and sorting back) cost most of a generation step; the
+    whole vocabulary is sorted only for a nucleus without top_k. The draw is made among the
+    ranked candidates and mapped back to vocabulary ids."""
+    vocab = tf.shape(logits)[1]
+    ranked, ids = tf.math.top_k(logits, tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab))
     before = tf.math.cumsum(tf.nn.softmax(ranked), axis=-1, exclusive=True)
-    keep = tf.gather(before < p, tf.argsort(order), batch_dims=1)  # back to vocabulary order
-    return tf.where(keep, logits, -np.inf)
+    ranked = tf.where(before < top_p, ranked, -np.inf)  # the first candidate is always kept
+    pick = tf.random.stateless_categorical(ranked, 1, step_seed, dtype=tf.int32)
+    return tf.gather(ids, pick, batch_dims=1)[:, 0]
 
 
 def sampling_loop(model, greedy: bool, ids, lengths, num_tokens, temperature, top_k, top_p,
@@ -182,10 +184,11 @@ def sampling_loop(model, greedy: bool, ids, lengths, num_tokens, temperature, to
             token = tf.argmax(masked, axis=-1, output_type=tf.int32)
         else:
             masked = masked / temperature
-            masked = tf.cond(top_k > 0, lambda: _top_k_filter(masked, top_k), lambda: masked)
-            masked = tf.cond(top_p < 1, lambda: _top_p_filter(masked, top_p), lambda: masked)
             step_seed = tf.stack([seed, tf.cast(t, tf.int64)])
-            token = tf.random.stateless_categorical(masked, 1, step_seed, dtype=tf.int32)[:, 0]
+            token = tf.cond(
+                (top_k > 0) | (top_p < 1),
+                lambda: _sample_filtered(masked, top_k, top_p, step_seed),
+                lambda: tf.random.stateless_categorical(masked, 1, step_seed, dtype=tf.int32)[:, 0])
         return token, tf.gather(tf.nn.log_softmax(logits), token, batch_dims=1)
 
     def step(t, token, states, tokens, logprobs):
@@ -260,6 +263,14 @@ class _WeakModel:
 
     def __call__(self, ids, states):
         return self.ref()(ids, states, training=False)
+
+    def features(self, ids, states):
+        """(the output layer's input [B, T, E], new states)."""
+        h, states, _ = self.ref().features(ids, states, training=False)
+        return h, states
+
+    def logits(self, h):
+        return self.ref().logits(h)
 
     def initial_state(self, batch):
         return self.ref().initial_state(batch)

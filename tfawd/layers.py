@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tfawd.lstm_kernel import lstm_recurrence
+from tfawd.lstm_kernel import lstm_recurrence, lstm_step
 
 
 def dropout_mask(shape, rate, seed_generator, dtype):
@@ -93,24 +93,46 @@ class WeightDropLSTM(keras.layers.Layer):
     stacks in a `Sequential`).
     """
 
-    def __init__(self, units, weight_dropout=0.0, return_state=False, seed=None, **kwargs):
+    INITS = ("pytorch", "keras")
+
+    def __init__(self, units, weight_dropout=0.0, return_state=False, seed=None,
+                 init="pytorch", **kwargs):
         super().__init__(**kwargs)
         if not 0 <= weight_dropout < 1:
             raise ValueError(f"weight_dropout must be in [0, 1), got {weight_dropout}")
+        if init not in self.INITS:
+            raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
         self.units = units
         self.weight_dropout = weight_dropout
         self.return_state = return_state
         self.seed = seed
+        self.init = init
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def _initializers(self):
+        """(kernel, recurrent, bias) initializers: "pytorch" is nn.LSTM's uniform
+        +-1/sqrt(units) for all three (the AWD-LSTM reference's); "keras" is
+        keras.layers.LSTM's: Glorot-uniform inputs, orthogonal recurrence, zero bias with the
+        forget gate's at 1 (Jozefowicz et al. 2015), which learns faster at small rates."""
+        if self.init == "pytorch":
+            init = keras.initializers.RandomUniform(-1 / math.sqrt(self.units),
+                                                    1 / math.sqrt(self.units))
+            return init, init, init
+        units = self.units
+
+        def bias(shape, dtype=None):
+            return tf.concat([tf.zeros([units]), tf.ones([units]), tf.zeros([2 * units])], 0)
+
+        return (keras.initializers.GlorotUniform(), keras.initializers.Orthogonal(), bias)
+
     def build(self, input_shape):
-        init = keras.initializers.RandomUniform(-1 / math.sqrt(self.units),
-                                                1 / math.sqrt(self.units))
-        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units), initializer=init,
-                                      name="kernel")
+        kernel_init, recurrent_init, bias_init = self._initializers()
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units),
+                                      initializer=kernel_init, name="kernel")
         self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units),
-                                                initializer=init, name="recurrent_kernel")
-        self.bias = self.add_weight(shape=(4 * self.units,), initializer=init, name="bias")
+                                                initializer=recurrent_init,
+                                                name="recurrent_kernel")
+        self.bias = self.add_weight(shape=(4 * self.units,), initializer=bias_init, name="bias")
 
     def dropped_recurrent_kernel(self, training=False):
         """U' for this call: U with DropConnect applied when training."""
@@ -142,8 +164,12 @@ class WeightDropLSTM(keras.layers.Layer):
 
     def _loop(self, inputs, h0, c0, recurrent):
         """All input projections in one matmul, then h_t = f(x_t W + b + h_{t-1} U') with the
-        hand-written recurrence of `lstm_kernel` (float32 state, one dU matmul per window)."""
+        hand-written recurrence of `lstm_kernel` (float32 state, one dU matmul per window); a
+        window of one step (known when traced) is a single `lstm_step`."""
         kernel, bias = (tf.cast(w, self.compute_dtype) for w in (self.kernel, self.bias))
+        if inputs.shape[1] == 1:  # one token (generation, serving): one step, no loop
+            h, c = lstm_step(tf.matmul(inputs[:, 0], kernel) + bias, h0, c0, recurrent)
+            return h[:, None], tf.cast(h, tf.float32), c
         projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
         hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
         return tf.transpose(hs, [1, 0, 2]), h, c
@@ -151,4 +177,4 @@ class WeightDropLSTM(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units,
                 "weight_dropout": self.weight_dropout, "return_state": self.return_state,
-                "seed": self.seed}
+                "seed": self.seed, "init": self.init}

@@ -60,6 +60,14 @@ def _cell_backward(acts, c, c_prev, dh, dc, d_out, dtype):
     return tf.cast(dz, dtype), dc * f
 
 
+def lstm_step(z_in, h, c, recurrent):
+    """One step without a loop (generation reads one token at a time): z_in = x_t W + b [B, 4H],
+    h/c [B, H] float32, U [H, 4H] in the matmul dtype -> (h_t in the matmul dtype, c_t float32),
+    the arithmetic of one iteration of `lstm_recurrence`; differentiable by autodiff."""
+    h, c, _ = _cell_forward(z_in, tf.matmul(tf.cast(h, recurrent.dtype), recurrent), c)
+    return h, c
+
+
 @tf.custom_gradient
 def lstm_recurrence(z_in, h0, c0, recurrent):
     """z_in: x_t W + b for every step [T, B, 4H] (float32 or the matmul dtype), h0/c0 [B, H]

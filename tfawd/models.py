@@ -7,6 +7,8 @@ carries the state across the windows of the BPTT stream, so the same model serve
 import keras
 import tensorflow as tf
 
+from tfawd import runtime
+from tfawd.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
 from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
 from tfawd.losses import decoder_nll
 
@@ -29,6 +31,41 @@ def _carried(h, c):
     return tf.cast(h, tf.float32), tf.cast(c, tf.float32)
 
 
+SOFTMAXES = ("full", "adaptive")
+
+
+def _adaptive_layers(vocab_size, emsize, cutoffs, div, dropoute, tie):
+    """(embedding, softmax) of an adaptive model: adaptive input tied to the adaptive softmax
+    (Baevski & Auli 2019, section 3; the AWD-LSTM's tying, section 4.5) when `tie`, else a
+    plain embedding and an untied adaptive softmax."""
+    if tie:
+        embedding = AdaptiveEmbedding(vocab_size, emsize, cutoffs, div, dropout=dropoute,
+                                      name="embedding")
+        return embedding, AdaptiveSoftmax(vocab_size, emsize, cutoffs, div, tied_to=embedding,
+                                          name="softmax")
+    layer = (EmbeddingDropout(vocab_size, emsize, dropout=dropoute, name="embedding",
+                              embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
+             if dropoute else keras.layers.Embedding(
+                 vocab_size, emsize, name="embedding",
+                 embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1)))
+    return layer, AdaptiveSoftmax(vocab_size, emsize, cutoffs, div, name="softmax")
+
+
+def _call(model, inputs, states, training, return_activations, targets):
+    """Both models' `call`: `features`, then the logits, or the targets' NLL: `decoder_nll`
+    (full softmax) or the adaptive softmax's `nll` (only the target's cluster computed)."""
+    h, new_states, activations = model.features(inputs, states, training=training)
+    if targets is not None and model.softmax_kind == "adaptive":
+        out = model.softmax.nll(h, targets)
+    elif targets is not None:
+        out = decoder_nll(h, *model.decoder_weights(), targets)
+    else:
+        out = model.logits(h)
+    if return_activations:
+        return out, new_states, activations
+    return out, new_states
+
+
 @keras.saving.register_keras_serializable("tfawd")
 class LstmLanguageModel(keras.Model):
     """Embedding -> dropout -> `nlayers` LSTMs (dropout between) -> dropout -> dense softmax.
@@ -40,24 +77,32 @@ class LstmLanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, emsize=650, nhid=650, nlayers=2, dropout=0.5,
-                 tie_weights=False, **kwargs):
+                 tie_weights=False, softmax="full", cutoffs=(), div=4, **kwargs):
         super().__init__(**kwargs)
         if tie_weights and nhid != emsize:
             raise ValueError(f"tie_weights needs nhid == emsize, got {nhid} and {emsize}")
         self.vocab_size, self.emsize, self.nhid = vocab_size, emsize, nhid
         self.nlayers, self.dropout_rate, self.tie_weights = nlayers, dropout, tie_weights
+        self.softmax_kind, self.cutoffs, self.div = softmax, list(cutoffs), div
         init = keras.initializers.RandomUniform(-0.1, 0.1)
-        self.embedding = keras.layers.Embedding(vocab_size, emsize, embeddings_initializer=init,
-                                                name="embedding")
+        if softmax == "adaptive":
+            self.embedding, self.softmax = _adaptive_layers(vocab_size, emsize, cutoffs, div,
+                                                            0.0, tie_weights)
+        else:
+            self.embedding = keras.layers.Embedding(vocab_size, emsize, name="embedding",
+                                                    embeddings_initializer=init)
         self.dropouts = [keras.layers.Dropout(dropout, name=f"dropout_{i}")
                          for i in range(nlayers + 1)]
-        self.rnns = [keras.layers.LSTM(nhid, return_sequences=True, return_state=True,
-                                       name=f"lstm_{i}") for i in range(nlayers)]
-        if not tie_weights:
+        # WeightDropLSTM without weight drop is a plain LSTM on the fast recurrence of
+        # `lstm_kernel` (keras.layers.LSTM runs a generic per-step loop on CPU), initialised as
+        # keras.layers.LSTM (unit forget bias).
+        self.rnns = [WeightDropLSTM(nhid, 0.0, return_state=True, init="keras",
+                                    name=f"lstm_{i}") for i in range(nlayers)]
+        if softmax == "full" and not tie_weights:
             self.decoder = keras.layers.Dense(vocab_size, kernel_initializer=init, name="decoder")
 
     def build(self, input_shape=None):
-        if self.tie_weights:
+        if self.tie_weights and self.softmax_kind == "full":
             self.decoder_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
                                                 name="decoder_bias")
         self.built = True
@@ -73,30 +118,37 @@ class LstmLanguageModel(keras.Model):
             return self.embedding.embeddings, self.decoder_bias
         return tf.transpose(self.decoder.kernel), self.decoder.bias
 
+    def features(self, inputs, states, training=False):
+        """inputs [B, T] int ids, states [(h, c)] * nlayers -> (the output layer's input
+        [B, T, E], new states, {"raw_last", "dropped_last"}: the last layer's raw and dropped
+        outputs)."""
+        h = self.dropouts[0](self.embedding(inputs), training=training)
+        new_states = []
+        for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
+            raw, h_t, c_t = rnn(h, initial_state=(h0, c0), training=training)
+            new_states.append(_carried(h_t, c_t))
+            h = drop(raw, training=training)
+        return h, new_states, {"raw_last": raw, "dropped_last": h}
+
+    def logits(self, h):
+        """The output layer: [..., E] -> logits [..., V] (in h's precision); with the adaptive
+        softmax its exact log-probabilities (float32), which any softmax leaves unchanged."""
+        if self.softmax_kind == "adaptive":
+            return self.softmax.log_probs(h)
+        if self.tie_weights:
+            return tied_logits(h, self.embedding.embeddings, self.decoder_bias)
+        return self.decoder(h)
+
     def call(self, inputs, states, training=False, return_activations=False, targets=None):
         """inputs [B, T] int ids, states [(h, c)] * nlayers -> logits [B, T, V], new states
         (and with `return_activations` the last layer's raw and dropped outputs). Given
         `targets` [B, T], their NLL [B, T] (`decoder_nll`) takes the place of the logits."""
-        h = self.dropouts[0](self.embedding(inputs), training=training)
-        new_states = []
-        for rnn, drop, (h0, c0) in zip(self.rnns, self.dropouts[1:], states):
-            raw, h_t, c_t = rnn(h, initial_state=[h0, c0], training=training)
-            new_states.append(_carried(h_t, c_t))
-            h = drop(raw, training=training)
-        if targets is not None:
-            logits = decoder_nll(h, *self.decoder_weights(), targets)
-        elif self.tie_weights:
-            logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
-        else:
-            logits = self.decoder(h)
-        if return_activations:
-            return logits, new_states, {"raw_last": raw, "dropped_last": h}
-        return logits, new_states
+        return _call(self, inputs, states, training, return_activations, targets)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "emsize": self.emsize,
                 "nhid": self.nhid, "nlayers": self.nlayers, "dropout": self.dropout_rate,
-                "tie_weights": self.tie_weights}
+                "tie_weights": self.tie_weights, **_softmax_config(self)}
 
 
 @keras.saving.register_keras_serializable("tfawd")
@@ -110,14 +162,20 @@ class AwdLstmModel(keras.Model):
     """
 
     def __init__(self, vocab_size, emsize=400, nhid=1150, nlayers=3, dropout=0.4,
-                 dropouth=0.2, dropouti=0.65, dropoute=0.1, wdrop=0.5, **kwargs):
+                 dropouth=0.2, dropouti=0.65, dropoute=0.1, wdrop=0.5, softmax="full",
+                 cutoffs=(), div=4, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.emsize, self.nhid, self.nlayers = vocab_size, emsize, nhid, nlayers
         self.rates = dict(dropout=dropout, dropouth=dropouth, dropouti=dropouti,
                           dropoute=dropoute, wdrop=wdrop)
-        self.embedding = EmbeddingDropout(
-            vocab_size, emsize, dropout=dropoute, name="embedding",
-            embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
+        self.softmax_kind, self.cutoffs, self.div = softmax, list(cutoffs), div
+        if softmax == "adaptive":
+            self.embedding, self.softmax = _adaptive_layers(vocab_size, emsize, cutoffs, div,
+                                                            dropoute, tie=True)
+        else:
+            self.embedding = EmbeddingDropout(
+                vocab_size, emsize, dropout=dropoute, name="embedding",
+                embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
         self.input_dropout = LockedDropout(dropouti, name="dropouti")
         self.sizes = [nhid] * (nlayers - 1) + [emsize]  # the last layer matches the tied decoder
         self.rnns = [WeightDropLSTM(n, wdrop, return_state=True, name=f"lstm_{i}")
@@ -127,8 +185,9 @@ class AwdLstmModel(keras.Model):
         self.output_dropout = LockedDropout(dropout, name="dropout")
 
     def build(self, input_shape=None):
-        self.decoder_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
-                                            name="decoder_bias")
+        if self.softmax_kind == "full":
+            self.decoder_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
+                                                name="decoder_bias")
         self.built = True
 
     def initial_state(self, batch_size):
@@ -138,8 +197,8 @@ class AwdLstmModel(keras.Model):
         """(W [V, E], b [V]) of the tied output layer."""
         return self.embedding.embeddings, self.decoder_bias
 
-    def call(self, inputs, states, training=False, return_activations=False, targets=None):
-        """As `LstmLanguageModel.call`."""
+    def features(self, inputs, states, training=False):
+        """As `LstmLanguageModel.features`."""
         h = self.input_dropout(self.embedding(inputs, training=training), training=training)
         new_states = []
         for i, (rnn, (h0, c0)) in enumerate(zip(self.rnns, states)):
@@ -147,31 +206,47 @@ class AwdLstmModel(keras.Model):
             new_states.append(_carried(h_t, c_t))
             drop = self.hidden_dropouts[i] if i < self.nlayers - 1 else self.output_dropout
             h = drop(raw, training=training)
-        if targets is not None:
-            logits = decoder_nll(h, *self.decoder_weights(), targets)
-        else:
-            logits = tied_logits(h, self.embedding.embeddings, self.decoder_bias)
-        if return_activations:
-            return logits, new_states, {"raw_last": raw, "dropped_last": h}
-        return logits, new_states
+        return h, new_states, {"raw_last": raw, "dropped_last": h}
+
+    def logits(self, h):
+        """The tied output layer: [..., E] -> logits [..., V] (in h's precision), or the
+        adaptive softmax's exact log-probabilities."""
+        if self.softmax_kind == "adaptive":
+            return self.softmax.log_probs(h)
+        return tied_logits(h, self.embedding.embeddings, self.decoder_bias)
+
+    def call(self, inputs, states, training=False, return_activations=False, targets=None):
+        """As `LstmLanguageModel.call`."""
+        return _call(self, inputs, states, training, return_activations, targets)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "emsize": self.emsize,
-                "nhid": self.nhid, "nlayers": self.nlayers, **self.rates}
+                "nhid": self.nhid, "nlayers": self.nlayers, **self.rates,
+                **_softmax_config(self)}
+
+
+def _softmax_config(model) -> dict:
+    return {"softmax": model.softmax_kind, "cutoffs": model.cutoffs, "div": model.div}
 
 
 def build_model(cfg, vocab_size: int) -> keras.Model:
     """The model named by `cfg.model`, built (its weights created), its layers computing in
-    `cfg.precision` (a Keras dtype policy; weights stay float32)."""
+    `cfg.precision` (a Keras dtype policy, "auto" resolved for this machine by
+    `runtime.resolve_precision`; weights stay float32)."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(cfg.precision)
+    keras.config.set_dtype_policy(runtime.resolve_precision(cfg.precision))
     try:
+        softmax = dict(softmax=cfg.softmax, cutoffs=cfg.adaptive_cutoffs_list(),
+                       div=cfg.adaptive_div)
+        if softmax["cutoffs"] and softmax["cutoffs"][-1] >= vocab_size:
+            raise ValueError(f"--adaptive_cutoffs={cfg.adaptive_cutoffs} must stay below the "
+                             f"vocabulary size {vocab_size}; lower the last cut-off")
         if cfg.model == "awd_lstm":
             model = AwdLstmModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
-                                 cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop)
+                                 cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop, **softmax)
         elif cfg.model == "lstm":
             model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers,
-                                      cfg.dropout, cfg.tie_weights)
+                                      cfg.dropout, cfg.tie_weights, **softmax)
         else:
             raise ValueError(f"unknown --model {cfg.model!r}")
     finally:

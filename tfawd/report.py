@@ -104,27 +104,48 @@ def results_table(results_dir: str = "results") -> str:
     return "\n".join(lines)
 
 
+def machine_class(m: dict) -> str:
+    """The kind of CPU a benchmark ran on, as far as speed goes: what multiplies (AMX, AVX-512
+    with bf16, AVX-512, AVX2), and whether AVX2 was imposed by caps (`runtime.ISA_CAPS`)."""
+    caps = m.get("isa_caps", {})
+    if "AVX2" in caps.get("ONEDNN_MAX_CPU_ISA", "").upper():
+        return f"AVX2 (emulated: {m['cpu']} with ISA caps)"
+    units = m.get("bf16_units") or []
+    if "amx_bf16" in units:
+        return "AMX bf16"
+    if "avx512_bf16" in units:
+        return "AVX-512 + AVX512_BF16"
+    if "avx512f" in m.get("isa", []):
+        return "AVX-512"
+    return "AVX2" if "isa" in m else "unrecorded"
+
+
 def performance_table(results_dir: str = "results") -> str:
+    """One row per benchmark JSON, grouped by machine class: times compare within a class."""
     paths = sorted(glob.glob(os.path.join(results_dir, "lm_throughput*.json")))
     if not paths:
         return ""
-    lines = ["| config | precision | tfawd tokens/s | reference tokens/s | ratio | "
-             "fraction of matmul peak | eval tokens/s (batch 10 / 1) | machine | json |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| machine class | config | precision | oneDNN | tfawd tokens/s | reference "
+             "tokens/s | ratio (rounds) | fraction of matmul peak | eval tokens/s (batch 10 / 1) "
+             "| CPU | json |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for path in paths:
         b = _load(path)
         ref = b.get("reference_tokens_per_s")
         ev = list(b["eval_tokens_per_s"].values())
         m = b["machine"]
-        ref_text = f"{ref:,.0f} | {b['ratio_median']:.2f}x" if ref else "- | -"
-        lines.append(
-            f"| `{b['config']}` {b['model']['emsize']}/{b['model']['nhid']} batch "
-            f"{b['model']['batch_size']} | {b['precision']} | {b['tfawd_tokens_per_s']:,.0f} | "
-            f"{ref_text} | "
+        rounds = "/".join(f"{r['ratio']:.2f}" for r in b["rounds"] if "ratio" in r)
+        ref_text = f"{ref:,.0f} | {b['ratio_median']:.2f}x ({rounds})" if ref else "- | -"
+        onednn = m.get("onednn", {}).get("enabled")
+        rows.append((machine_class(m), path, (
+            f"| {machine_class(m)} | `{b['config']}` {b['model']['emsize']}/{b['model']['nhid']} "
+            f"batch {b['model']['batch_size']} | {b['precision']} | "
+            f"{'-' if onednn is None else 'on' if onednn else 'off'} | "
+            f"{b['tfawd_tokens_per_s']:,.0f} | {ref_text} | "
             f"{b['achieved_fraction_of_peak']:.0%} of {b['matmul_peak_gflops']:.0f} GFLOP/s | "
-            f"{ev[0]:,.0f} / {ev[-1]:,.0f} | {m['cpu']}, {m['cores']} cores, bf16 units: "
-            f"{', '.join(m.get('bf16_units', [])) or 'none'} | "
-            f"[json](results/{os.path.basename(path)}) |")
+            f"{ev[0]:,.0f} / {ev[-1]:,.0f} | {m['cpu']}, {m['cores']} cores | "
+            f"[json](results/{os.path.basename(path)}) |")))
+    lines += [row for _, _, row in sorted(rows)]
     lines += _commands(paths)
     return "\n".join(lines)
 

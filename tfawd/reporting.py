@@ -1,4 +1,5 @@
-"""Run outputs: results.json (metrics, flags, versions, timing) and the loss-curve PNG."""
+"""Run outputs: results.json (metrics, flags, versions, machine and oneDNN state, timing) and
+the loss-curve PNG."""
 import dataclasses
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 
 import keras
 import matplotlib
+
+from tfawd import runtime
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,8 +52,10 @@ def write_results(model_dir, cfg, metrics: dict) -> str:
     command = " ".join(sys.argv)
     log = os.path.join(model_dir, COMMANDS)
     commands = open(log).read().splitlines() if os.path.exists(log) else [command]
-    write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **metrics,
+    precision = {"precision": cfg.precision} if hasattr(cfg, "precision") else {}
+    write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **precision, **metrics,
                       "flags": dataclasses.asdict(cfg), "versions": versions(),
+                      "machine": runtime.machine(),
                       "command": command, "commands": commands})
     return path
 

@@ -42,7 +42,8 @@ class RunError(RuntimeError):
 
 
 # Flags a checkpoint cannot be resumed under a different value of.
-RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size")
+RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size",
+                "softmax", "adaptive_cutoffs", "adaptive_div")
 
 
 def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
@@ -89,6 +90,12 @@ class RunState(tf.Module):
         for layer in self.hidden:
             for v in layer:
                 v.assign(tf.zeros_like(v))
+
+
+def vocab_order(cfg) -> str:
+    """Word ids by frequency for an adaptive softmax (its clusters are id ranges), else in
+    first-appearance order as the reference."""
+    return "frequency" if cfg.softmax == "adaptive" else "first"
 
 
 def configure_runtime(cfg) -> None:
@@ -160,14 +167,17 @@ class Trainer:
         vocab_path = os.path.join(cfg.model_dir, "vocab.txt")
         vocab = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
         if corpus is None:
-            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab)
+            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
         elif vocab is not None and vocab.words != corpus.vocab.words:
             raise RunError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
         record_shapes(cfg, cfg.model_dir)
         corpus.vocab.save(vocab_path)
         self.corpus = corpus
-        self.model = build_model(cfg, len(corpus.vocab))
+        try:
+            self.model = build_model(cfg, len(corpus.vocab))
+        except ValueError as e:  # flags the model cannot be built with
+            raise RunError(str(e)) from None
         self.evaluator = Evaluator(self.model)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
@@ -232,9 +242,9 @@ class Trainer:
                         tf.profiler.experimental.start(self.tb_dir)
                         profiling = True
                     loss, norm = self.train_step(x, y)
-                    losses.append(float(loss))
-                    norms.append(float(norm))
-                    tokens += int(tf.size(y))
+                    losses.append(loss)  # read at the next log line, not every step
+                    norms.append(norm)
+                    tokens += y.shape[0] * y.shape[1]
                     st.step.assign_add(1)
                     st.window.assign_add(1)
                     step += 1
@@ -246,6 +256,7 @@ class Trainer:
                         self._log(losses, norms, tokens, time.perf_counter() - t0, bar)
                         losses, norms, tokens, t0 = [], [], 0, time.perf_counter()
                     if stop:
+                        self._keep_partial_epoch(stop)
                         self.save()
                         return stop
                     if step % cfg.checkpoint_every == 0:
@@ -272,7 +283,7 @@ class Trainer:
         st, step = self.state, int(self.state.step)
         st.train_seconds.assign_add(seconds)
         st.train_tokens.assign_add(tokens)
-        loss = float(np.mean(losses))
+        loss = float(tf.reduce_mean(tf.stack(losses)))
         rate = tokens / max(seconds, 1e-9)
         self.history.append({"step": step, "epoch": int(st.epoch), "train_loss": loss,
                              "train_ppl": perplexity(loss), "lr": float(st.lr),
@@ -281,7 +292,7 @@ class Trainer:
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("perplexity", perplexity(loss))
             tf.summary.scalar("learning_rate", float(st.lr))
-            tf.summary.scalar("grad_norm", float(np.mean(norms)))
+            tf.summary.scalar("grad_norm", float(tf.reduce_mean(tf.stack(norms))))
             tf.summary.scalar("tokens_per_s", rate)
         bar.update(int(st.window), [("loss", loss), ("ppl", perplexity(loss)), ("tok/s", rate),
                                     ("lr", float(st.lr))])
@@ -301,6 +312,32 @@ class Trainer:
             return self.optimizer.averaged_weights()
         return contextlib.nullcontext()
 
+    def _keep_partial_epoch(self, stop: str) -> None:
+        """A run stopped inside an epoch (time budget, max_steps) validates the weights it has
+        (averaged once NT-ASGD averages) and keeps them as the best when they beat it, so the
+        final evaluation never falls back to an older epoch's weights. The schedule does not
+        see this check: `best_val_nll` and the non-monotone trigger count epoch ends only, so
+        a resumed run continues exactly as one that was never stopped."""
+        st = self.state
+        if int(st.window) == 0:
+            return  # stopped at an epoch boundary: that epoch was validated
+        with self.averaged_weights():
+            result = self.validate()
+            best = min([float(st.best_val_nll)] + [h["val_loss"] for h in self.history
+                                                   if h.get("partial") and h.get("kept")])
+            kept = result["nll"] < best
+            if kept:
+                self.best.save(checkpoint_number=int(st.step))
+        self.history.append({"step": int(st.step), "epoch": int(st.epoch) + 1,
+                             "val_loss": result["nll"],
+                             "val_ppl": result["ppl"], "lr": float(st.lr),
+                             "averaged": self.averaging, "partial": True, "kept": kept,
+                             "event": f"{stop} inside the epoch" + (": best so far" if kept
+                                                                    else "")})
+        print(f"| {stop} at step {int(st.step)}, inside epoch {int(st.epoch) + 1} | valid ppl "
+              f"{result['ppl']:.2f} | {'kept as the best' if kept else 'not better'}",
+              flush=True)
+
     def _end_epoch(self) -> bool:
         """Validates (averaged weights once NT-ASGD averages), keeps the best weights, and
         applies the schedule: NT-ASGD's switch, or SGD's lr decay. True when fine-tuning has
@@ -310,7 +347,8 @@ class Trainer:
         # The non-monotone rule compares with the earlier checks of the same kind (as the
         # reference, fine-tuning does not count the score of the weights it started from).
         earlier = [h["val_loss"] for h in self.history if "val_loss" in h
-                   and h.get("averaged", False) == averaged and not h.get("initial")]
+                   and h.get("averaged", False) == averaged and not h.get("initial")
+                   and not h.get("partial")]
         with self.averaged_weights():
             result = self.validate()
             improved = result["nll"] < float(st.best_val_nll)

@@ -1,0 +1,97 @@
+"""--softmax=adaptive in the language models: exact normalised distributions wherever one is
+used (loss, perplexity, cache pointer, dynamic evaluation, generation), training, resuming,
+and the frequency-ordered vocabulary its clusters need. (The layers themselves:
+tests/test_adaptive_softmax.py; the export: tests/test_export.py, both softmaxes.)"""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.vocab import Vocabulary
+from tests.test_awd_training import awd_cfg
+from tests.test_training import tiny_cfg
+from tfawd import inference
+from tfawd.models import build_model
+from tfawd.training import RunError, Trainer, train
+
+ADAPTIVE = dict(softmax="adaptive", adaptive_cutoffs="6,16", adaptive_div=2)
+
+
+@pytest.mark.parametrize("model", ["lstm", "awd_lstm"])
+def test_logits_are_normalised_and_the_loss_is_their_nll(tiny_corpus, tmp_path, model):
+    kw = dict(model=model, tie_weights=True) if model == "lstm" else dict(model=model)
+    cfg = (awd_cfg if model == "awd_lstm" else tiny_cfg)(tmp_path, **kw, **ADAPTIVE)
+    net = build_model(cfg, len(tiny_corpus.vocab))
+    ids = tiny_corpus.ids["valid"][:3 * 7 + 1]
+    x, y = tf.constant(ids[:-1].reshape(3, 7)), tf.constant(ids[1:].reshape(3, 7))
+    logp, _ = net(x, net.initial_state(3))
+    np.testing.assert_allclose(tf.reduce_logsumexp(logp, -1), 0.0, atol=1e-5)
+    nll, _ = net(x, net.initial_state(3), targets=y)
+    np.testing.assert_allclose(nll, -tf.gather(logp, y, batch_dims=2), rtol=1e-5, atol=1e-5)
+
+
+def test_untied_base_model_keeps_its_own_output_matrices(tiny_corpus, tmp_path):
+    net = build_model(tiny_cfg(tmp_path, **ADAPTIVE), len(tiny_corpus.vocab))
+    assert net.softmax.words is not net.embedding
+    tied = build_model(tiny_cfg(tmp_path, tie_weights=True, **ADAPTIVE), len(tiny_corpus.vocab))
+    assert tied.softmax.words is tied.embedding
+    assert len(tied.trainable_variables) < len(net.trainable_variables)
+
+
+def test_an_adaptive_model_learns_and_its_perplexity_is_that_of_its_distribution(tiny_corpus,
+                                                                                 tmp_path):
+    cfg = tiny_cfg(tmp_path / "run", tie_weights=True, **ADAPTIVE)
+    metrics = train(cfg, tiny_corpus)
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    vals = [h["val_ppl"] for h in history if "val_ppl" in h]
+    assert vals[-1] < 0.7 * len(tiny_corpus.vocab)  # learnt the structure (uniform: V)
+    # the test perplexity (from the training path's nll) is that of the full distribution
+    trainer = Trainer(cfg, tiny_corpus)
+    trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
+    ids = tiny_corpus.ids["test"]
+    logp, _ = trainer.model(tf.constant(ids[None, :-1]), trainer.model.initial_state(1))
+    direct = float(-tf.reduce_mean(tf.gather(logp[0], ids[1:], batch_dims=1)))
+    assert metrics["test_nll"] == pytest.approx(direct, rel=1e-5)
+
+
+def test_a_run_refuses_another_softmax_and_cutoffs_beyond_the_vocabulary(tiny_corpus, tmp_path):
+    train(awd_cfg(tmp_path / "run", max_epochs=1, **ADAPTIVE), tiny_corpus)
+    with pytest.raises(RunError, match="--softmax=adaptive"):
+        Trainer(awd_cfg(tmp_path / "run", max_epochs=1), tiny_corpus)
+    with pytest.raises(RunError, match="adaptive_cutoffs=6,99 must stay below the vocabulary"):
+        Trainer(awd_cfg(tmp_path / "other", **{**ADAPTIVE, "adaptive_cutoffs": "6,99"}),
+                tiny_corpus)
+
+
+def test_cache_pointer_and_dynamic_evaluation_run_on_the_adaptive_distribution(tiny_corpus,
+                                                                               tmp_path):
+    from tfawd.eval_modes import tune_cache, tune_dynamic_eval
+    cfg = awd_cfg(tmp_path / "run", max_epochs=1, cache_window=20, cache_thetas="0.5",
+                  cache_lambdas="0,0.2", dynamic_eval_lrs="0,1e-3", dynamic_eval_lambdas="0",
+                  dynamic_eval_grad_batches=3, dynamic_eval_bptt=5, **ADAPTIVE)
+    metrics = train(cfg, tiny_corpus)
+    cache = tune_cache(cfg, tiny_corpus)
+    assert cache["test"]["base_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-4)
+    dynamic = tune_dynamic_eval(cfg, tiny_corpus)
+    lr0 = [g for g in dynamic["search"]["grid"] if g["lr"] == 0][0]
+    assert np.isfinite(dynamic["test"]["ppl"]) and lr0["ppl"] > 0
+
+
+def test_generation_and_beam_search_draw_from_the_adaptive_distribution(tiny_corpus, tmp_path):
+    net = build_model(awd_cfg(tmp_path, **ADAPTIVE), len(tiny_corpus.vocab))
+    prompt = [tiny_corpus.ids["valid"][:4]]
+    greedy, logprobs = inference.generate(net, prompt, 5)
+    logp, _ = net(tf.constant(prompt), net.initial_state(1))
+    assert greedy[0, 0] == int(tf.argmax(logp[0, -1]))
+    assert logprobs[0, 0] == pytest.approx(float(tf.reduce_max(logp[0, -1])), abs=1e-5)
+    beam, score = inference.beam_search(net, prompt, 3, beam_size=1)
+    np.testing.assert_array_equal(beam, greedy[:, :3])
+
+
+def test_frequency_order_puts_frequent_words_first():
+    vocab = Vocabulary.from_tokens("b a c a c a d".split(), order="frequency")
+    assert vocab.words[:4] == ["a", "c", "b", "d"]  # ties keep first appearance
+    assert Vocabulary.from_tokens("b a c a".split()).words[:3] == ["b", "a", "c"]
+    with pytest.raises(ValueError, match="order must be"):
+        Vocabulary.from_tokens(["a"], order="alphabetical")
