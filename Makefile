@@ -17,7 +17,7 @@ CONFIG ?= $(LM_CONFIG)
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 NAME := $(notdir $(MODEL_DIR))
 
-.PHONY: train train-lm train-speech run test report venv clean
+.PHONY: train train-lm train-speech run test lint report venv clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ report: $(STAMP)
 ## Run the test suite.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## Lint (ruff, configured in pyproject.toml).
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -92,6 +92,7 @@ class TfawdStep:
 
     def __init__(self, cfg, corpus):
         import keras
+
         from pipelines.bptt import bptt_dataset
         from tfawd import models, training
         keras.utils.set_random_seed(cfg.seed)
@@ -113,6 +114,7 @@ class TfawdStep:
         dozen steps would pay it in most timed steps. Compiles it for the lengths of the next
         `steps` windows, so the timed rounds measure the steady state; returns what it cost."""
         import tensorflow as tf
+
         from tfawd.losses import decoder_nll
         if self.cfg.softmax != "full":
             return {"skipped": "the adaptive softmax has no XLA-fused function"}
@@ -149,6 +151,7 @@ class TfawdStep:
         """Traces `steps` steps; returns the top ops by self time (needs xprof, which
         tensorboard-plugin-profile installs)."""
         import glob
+
         import tensorflow as tf
         tf.profiler.experimental.start(logdir)
         self.run(steps)

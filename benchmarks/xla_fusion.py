@@ -10,9 +10,8 @@ each round, the median ratio, trace counts, and how far the two steps' losses dr
 """
 import statistics
 
-from absl import app
-
 import lm_throughput
+from absl import app
 from lm_throughput import FLAGS, TfawdStep
 
 
@@ -38,7 +37,8 @@ def main(argv):
     result = {
         "benchmark": "xla_fusion", "command": lm_throughput.command(),
         "commit": lm_throughput.git_commit(), "precision": cfg.precision,
-        "machine": lm_throughput.runtime.machine(), "steps_per_round": FLAGS.steps, "rounds": rounds,
+        "machine": lm_throughput.runtime.machine(), "steps_per_round": FLAGS.steps,
+        "rounds": rounds,
         "ratio_median": statistics.median(r["ratio"] for r in rounds),
         "traces": {name: step.traces() for name, step in steps.items()},
         "xla_compile_ahead": compile_ahead,

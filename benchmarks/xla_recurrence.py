@@ -29,6 +29,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     import tensorflow as tf
+
     from tfawd.lstm_kernel import lstm_recurrence
     dtype = tf.as_dtype(FLAGS.dtype)
     t, b, h = FLAGS.steps, FLAGS.batch, FLAGS.units

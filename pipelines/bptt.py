@@ -24,7 +24,8 @@ def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int32)
     n = len(ids) // batch_size
     if n < 2:
-        raise ValueError(f"{len(ids)} tokens cannot fill {batch_size} columns of at least 2 tokens; "
+        raise ValueError(f"{len(ids)} tokens cannot fill {batch_size} columns of at least 2 "
+                         f"tokens; "
                          f"lower the batch size")
     dropped = len(ids) - n * batch_size
     if dropped:

@@ -11,11 +11,11 @@ import io
 import os
 import pathlib
 import socket
+import tarfile
 import threading
 import urllib.parse
 import urllib.request
 import zipfile
-import tarfile
 
 DATA_DIR_ENV = "TFAWD_DATA_DIR"
 CACHE_DIR_ENV = "TFAWD_CACHE_DIR"

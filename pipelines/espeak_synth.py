@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from pipelines.corpus_files import DataError
 from pipelines.speech_features import CHARACTERS  # noqa: F401  (transcripts use only these)
+
 SPLITS = ("train", "valid", "test")
 DEFAULT_SIZES = {"train": 3000, "valid": 200, "test": 300}
 # Disjoint speaker sets: the test split is spoken only by variants never heard in training.

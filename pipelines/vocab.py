@@ -1,8 +1,9 @@
 """Tokenisation and vocabulary, exactly as the AWD-LSTM reference code (Merity et al. 2017).
 
 Each line is split on whitespace and `<eos>` is appended, so an empty line is one `<eos>`.
-Word ids follow first appearance in the training split (or frequency, for an adaptive softmax). Words outside the vocabulary map to
-`<unk>` (WikiText-2 and PTB already contain it, so their valid/test splits have none left over).
+Word ids follow first appearance in the training split (or frequency, for an adaptive
+softmax). Words outside the vocabulary map to `<unk>` (WikiText-2 and PTB already contain
+it, so their valid/test splits have none left over).
 """
 import collections
 

@@ -72,7 +72,8 @@ def test_missing_files_are_downloaded_extracted_and_verified(data_dir, tmp_path,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/wikitext-2-v1.zip"
-        monkeypatch.setitem(CORPORA, "wikitext2", dataclasses.replace(CORPORA["wikitext2"], url=url))
+        monkeypatch.setitem(CORPORA, "wikitext2",
+                            dataclasses.replace(CORPORA["wikitext2"], url=url))
         paths = corpus_files.corpus_files("wikitext2", str(tmp_path / "cache"))
     finally:
         server.shutdown()

@@ -2,7 +2,8 @@
 
 Tiny models are exported in-process; each export is then loaded in ONE fresh subprocess where
 keras and the project cannot be imported (blocked), which calls every signature with good and
-bad requests and lists the graph's ops; `saved_model_cli show/run` (TF Serving's TF1 loader path) runs in subprocesses.
+bad requests and lists the graph's ops; `saved_model_cli show/run` (TF Serving's TF1 loader
+path) runs in subprocesses.
 Expected values are computed here with the in-process model.
 """
 import io
@@ -353,6 +354,7 @@ def test_speech_export_contract(lm, tmp_path):
 
 def test_export_flags_reach_both_configs():
     from absl import flags
+
     from tfawd import config, speech_config
     fv = flags.FlagValues()
     config.define_flags(fv)

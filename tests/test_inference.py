@@ -291,7 +291,8 @@ def test_bad_text_prompts_raise_value_errors(run):
 
 def test_predict_and_generate_modes_write_their_files_and_record_the_nll(run, tmp_path):
     from tfawd.config import InferenceConfig
-    from tfawd.eval_modes import generate as generate_mode, predict as predict_mode
+    from tfawd.eval_modes import generate as generate_mode
+    from tfawd.eval_modes import predict as predict_mode
     valid = run.corpus.ids["valid"]
     np.save(tmp_path / "ctx.npy", np.stack([valid[i:i + 6] for i in (0, 10, 20)]))
     np.save(tmp_path / "tgt.npy", np.array([valid[i + 6] for i in (0, 10, 20)]))

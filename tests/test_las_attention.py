@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 from pipelines.speech_features import CharVocab
+from tests.test_las import assert_padding_changes_nothing, random_batch, tiny_model
 from tfawd import las, speech_training
 from tfawd.speech_config import SpeechConfig
 from tfawd.speech_training import make_decoder
-from tests.test_las import assert_padding_changes_nothing, random_batch, tiny_model
 
 EOS = 2
 

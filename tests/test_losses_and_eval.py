@@ -11,8 +11,7 @@ from tfawd import fusion
 from tfawd.config import LMConfig
 from tfawd.evaluation import Evaluator
 from tfawd.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
-from tfawd.models import tied_logits
-from tfawd.models import build_model, copy_weights
+from tfawd.models import build_model, copy_weights, tied_logits
 
 
 def test_dedupe_sparse_sums_repeated_rows_so_the_norm_is_the_dense_norm():
@@ -80,7 +79,8 @@ def test_decoder_nll_in_bfloat16_keeps_a_float32_loss_and_gradient_dtypes():
 def test_evaluation_is_exact_and_independent_of_window_length(tiny_corpus):
     """Carrying the state makes the split's NLL the same for any window length, and equal to
     scoring the whole column in one call."""
-    model = build_model(LMConfig(emsize=8, nhid=8, dropout=0.3, precision="float32"), len(tiny_corpus.vocab))
+    model = build_model(LMConfig(emsize=8, nhid=8, dropout=0.3, precision="float32"),
+                        len(tiny_corpus.vocab))
     ids = tiny_corpus.ids["valid"]
     ev = Evaluator(model)
     a, b = ev.evaluate(ids, 3, bptt=5), ev.evaluate(ids, 3, bptt=64)
@@ -97,7 +97,8 @@ def test_a_mixed_precision_model_is_scored_in_float32_at_small_batches(tiny_corp
     """Batch <= FLOAT32_MAX_BATCH: the float32 twin with the model's current weights (so the
     figure equals a float32 model's exactly); larger batches: the bfloat16 model itself."""
     cfg = LMConfig(model="awd_lstm", emsize=8, nhid=12, nlayers=3, precision="float32")
-    mixed = build_model(dataclasses.replace(cfg, precision="mixed_bfloat16"), len(tiny_corpus.vocab))
+    mixed = build_model(dataclasses.replace(cfg, precision="mixed_bfloat16"),
+                        len(tiny_corpus.vocab))
     exact = build_model(cfg, len(tiny_corpus.vocab))
     copy_weights(mixed, exact)
     ids = tiny_corpus.ids["valid"]

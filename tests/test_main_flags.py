@@ -51,6 +51,7 @@ def test_bad_values_are_rejected_with_a_one_line_message(args, message):
 def test_config_files_parse(tmp_path):
     """Every committed flagfile is accepted by the flag parser (validators included)."""
     from absl import flags
+
     from tfawd import config, speech_config
     for cfg in sorted((REPO / "configs").glob("*.cfg")):
         fv = flags.FlagValues()

@@ -94,7 +94,8 @@ def _bench(cpu, isa, units, onednn, caps=None, ratio=1.5):
             "model": {"emsize": 400, "nhid": 1150, "batch_size": 80},
             "tfawd_tokens_per_s": 1500.0, "reference_tokens_per_s": 1000.0, "ratio_median": ratio,
             "rounds": [{"ratio": ratio}], "achieved_fraction_of_peak": 0.7,
-            "matmul_peak_gflops": 120.0, "eval_tokens_per_s": {"batch_10": 3000.0, "batch_1": 900.0},
+            "matmul_peak_gflops": 120.0,
+            "eval_tokens_per_s": {"batch_10": 3000.0, "batch_1": 900.0},
             "command": "python benchmarks/lm_throughput.py", "commit": "abc",
             "machine": {"cpu": cpu, "cores": 2, "isa": isa, "bf16_units": units,
                         "onednn": {"enabled": onednn}, "isa_caps": caps or {}}}

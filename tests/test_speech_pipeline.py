@@ -88,7 +88,8 @@ def test_joined_utterances_match_their_recordings_and_transcripts(data_dir):
         assert text == " ".join(spoken_digits.WORDS[d] for d, _, _ in parts)
         assert len({s for _, s, _ in parts}) == 1 and 1 <= len(parts) <= 7
         assert all(5 <= take <= 9 for _, _, take in parts)
-        clips = [spoken_digits.read_wav(os.path.join(root, f"{d}_{s}_{k}.wav")) for d, s, k in parts]
+        clips = [spoken_digits.read_wav(os.path.join(root, f"{d}_{s}_{k}.wav"))
+                 for d, s, k in parts]
         np.testing.assert_array_equal(audio[:len(clips[0])], clips[0])
         np.testing.assert_array_equal(audio[len(audio) - len(clips[-1]):], clips[-1])
         gaps = len(audio) - sum(map(len, clips))
@@ -116,7 +117,8 @@ def test_bucketed_batches_pad_and_keep_every_utterance():
                   "sample_rate": np.int32(8000), "transcript": "ab" * (n // 30)} for n in lengths),
         output_signature={"audio": tf.TensorSpec([None], tf.float32),
                           "sample_rate": tf.TensorSpec([], tf.int32),
-                          "transcript": tf.TensorSpec([], tf.string)}).map(sf.featurize(8000, vocab))
+                          "transcript": tf.TensorSpec([], tf.string)},
+    ).map(sf.featurize(8000, vocab))
     seen = []
     for batch in sf.batches(examples, 4, shuffle_seed=0, augment_seed=1):
         frames = batch["frames"].numpy()

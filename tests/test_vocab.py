@@ -5,7 +5,8 @@ from pipelines.vocab import EOS, UNK, Vocabulary, tokenize
 
 
 def test_tokenize_appends_eos_to_every_line_including_empty_ones():
-    assert tokenize([" = Title = ", "", "a  b\tc"]) == ["=", "Title", "=", EOS, EOS, "a", "b", "c", EOS]
+    assert tokenize([" = Title = ", "", "a  b\tc"]) == [
+        "=", "Title", "=", EOS, EOS, "a", "b", "c", EOS]
 
 
 def test_ids_follow_first_appearance_and_unknown_words_map_to_unk():

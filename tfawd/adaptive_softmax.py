@@ -21,7 +21,6 @@ import tensorflow as tf
 from tfawd.layers import dropout_mask
 
 
-
 def cluster_layout(vocab_size, dim, cutoffs, div, dim_name="output_dim"):
     """(bounds [0, c_1, ..., c_n, V], dims [d_0, ..., d_n]) of the clusters, d_i = max(1,
     dim // div**i): frequent words get the full dimension, rarer ones div times fewer per

@@ -106,6 +106,8 @@ class LMConfig:
     max_steps: int = _f(0, "Stop after this many training steps in total (0: no limit).")
     time_budget_min: float = _f(0.0, "Stop training after this many minutes of this run, then "
                                      "evaluate (0: no limit).")
+    final_test: bool = _f(True, "After training, also score the test split (at "
+                                "--test_batch_size); recipe searches turn it off.")
     log_every: int = _f(50, "Steps between progress/TensorBoard updates.")
     checkpoint_every: int = _f(500, "Steps between checkpoints (also saved at each epoch end).")
     profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
@@ -214,7 +216,8 @@ def define_flags(fv=flags.FLAGS):
     define_fields(dataclasses.fields(LMConfig), fv)
     define_fields(dataclasses.fields(InferenceConfig), fv)
     for name in POSITIVE:
-        flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive", flag_values=fv)
+        flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive",
+                                 flag_values=fv)
     for name in NON_NEGATIVE:
         flags.register_validator(name, lambda v: v >= 0, f"--{name} must be >= 0", flag_values=fv)
     for name in PROBABILITIES:
@@ -243,12 +246,14 @@ def define_flags(fv=flags.FLAGS):
                              "--profile_steps must be START,END with 0 <= START < END",
                              flag_values=fv)
     flags.register_multi_flags_validator(
-        ["tie_weights", "nhid", "emsize"], lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
+        ["tie_weights", "nhid", "emsize"],
+        lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
         "--tie_weights needs --nhid equal to --emsize", flag_values=fv)
 
 
 def inference_from_flags(fv=flags.FLAGS) -> InferenceConfig:
-    return InferenceConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(InferenceConfig)})
+    return InferenceConfig(**{f.name: fv[f.name].value
+                              for f in dataclasses.fields(InferenceConfig)})
 
 
 def from_flags(fv=flags.FLAGS) -> LMConfig:

@@ -13,6 +13,7 @@ Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
 `dynamic_eval`, each with the command that made it), leaving the others in place, so the
 report sees every method's figures.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -56,7 +57,7 @@ def _cache(trainer, split, batch_size, thetas, lambdas):
 
 def evaluate(cfg, corpus=None) -> dict:
     """`--mode=evaluate` (see module doc)."""
-    trainer = _load(cfg, corpus)
+    trainer = _load(dataclasses.replace(cfg, final_test=True), corpus)
     metrics = trainer.evaluate_best()
     _record(cfg, "plain", metrics)
     line = f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}"
@@ -137,6 +138,7 @@ def predict(cfg, inf) -> dict:
     """`--mode=predict`: raw next-word scores [B, V] of each context (`--contexts`) saved as
     .npy; with `--targets`, the mean NLL of the prediction."""
     import numpy as np
+
     from tfawd import inference
     if not inf.contexts:
         raise RunError("--mode=predict needs --contexts (a .npy of ids or a text file)")

@@ -104,6 +104,7 @@ def export_speech_run(cfg) -> str:
     import json
 
     import tensorflow as tf
+
     from pipelines.speech_features import CharVocab
     from tfawd import speech_training
     from tfawd.models import weights_checkpoint

@@ -291,7 +291,8 @@ class ListenAttendSpell(keras.Model):
             step = tf.one_hot(t, max_len, dtype=tf.int32)
             tokens = tf.gather(tokens, parent) * (1 - step) + nxt[:, None] * step
             attn = tf.tensor_scatter_nd_update(
-                tf.gather(attn, parent), tf.stack([tf.range(batch * k), tf.fill([batch * k], t)], 1),
+                tf.gather(attn, parent),
+                tf.stack([tf.range(batch * k), tf.fill([batch * k], t)], 1),
                 tf.gather(weights, parent))
             state = tf.nest.map_structure(lambda s: tf.gather(s, parent), state)
             done = tf.gather(done, parent) | (nxt == self.eos_id)

@@ -76,33 +76,32 @@ def lstm_recurrence(z_in, h0, c0, recurrent):
     dtype = recurrent.dtype
     steps = tf.shape(z_in)[0]
     z_ta = tf.TensorArray(z_in.dtype, size=steps).unstack(z_in)
-    acts_ta = tf.TensorArray(tf.float32, size=steps)  # post-activation gates, for backward
-    cs_ta = tf.TensorArray(tf.float32, size=steps)
-    hs_ta = tf.TensorArray(dtype, size=steps)
+    # The lists the backward pass reads are kept as lists (never stacked and unstacked again);
+    # c and h carry their initial value at index 0, so step t's "previous" is index t.
+    keep = dict(clear_after_read=False)  # eager TensorArrays forget what was read otherwise
+    acts_ta = tf.TensorArray(tf.float32, size=steps, **keep)  # post-activation gates
+    cs_ta = tf.TensorArray(tf.float32, size=steps + 1, **keep).write(0, tf.cast(c0, tf.float32))
+    hs_ta = tf.TensorArray(dtype, size=steps + 1).write(0, tf.cast(h0, dtype))
 
     def step(t, h, c, acts_ta, cs_ta, hs_ta):
         h, c, acts = _cell_forward(z_ta.read(t), tf.matmul(h, recurrent), c)
-        return (t + 1, h, c, acts_ta.write(t, acts), cs_ta.write(t, c), hs_ta.write(t, h))
+        return (t + 1, h, c, acts_ta.write(t, acts), cs_ta.write(t + 1, c),
+                hs_ta.write(t + 1, h))
 
     _, h_last, c_last, acts_ta, cs_ta, hs_ta = tf.while_loop(
         lambda t, *_: t < steps, step,
         (tf.constant(0), tf.cast(h0, dtype), tf.cast(c0, tf.float32), acts_ta, cs_ta, hs_ta))
-    hs = hs_ta.stack()
-    acts, cs = acts_ta.stack(), cs_ta.stack()
+    hs_all = hs_ta.stack()  # [T + 1, B, H]: h_0 .. h_T
+    hs = hs_all[1:]  # slices of the leading axis share the buffer (no copy)
 
     def grad(d_hs, d_h_last, d_c_last):
-        d_hs = tf.cast(d_hs, tf.float32)
-        c_prev_all = tf.concat([tf.cast(c0, tf.float32)[None], cs[:-1]], axis=0)
-        d_hs_ta = tf.TensorArray(tf.float32, size=steps).unstack(d_hs)
-        acts_r = tf.TensorArray(tf.float32, size=steps).unstack(acts)
-        cs_r = tf.TensorArray(tf.float32, size=steps).unstack(cs)
-        c_prev_r = tf.TensorArray(tf.float32, size=steps).unstack(c_prev_all)
+        d_hs_ta = tf.TensorArray(tf.float32, size=steps).unstack(tf.cast(d_hs, tf.float32))
         dz_ta = tf.TensorArray(dtype, size=steps)
         recurrent_t = tf.transpose(recurrent)
 
         def back(t, dh, dc, dz_ta):
-            dz, dc_prev = _cell_backward(acts_r.read(t), cs_r.read(t), c_prev_r.read(t), dh, dc,
-                                         d_hs_ta.read(t), dtype)
+            dz, dc_prev = _cell_backward(acts_ta.read(t), cs_ta.read(t + 1), cs_ta.read(t), dh,
+                                         dc, d_hs_ta.read(t), dtype)
             dh_prev = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)
             return t - 1, dh_prev, dc_prev, dz_ta.write(t, dz)
 
@@ -110,9 +109,8 @@ def lstm_recurrence(z_in, h0, c0, recurrent):
             lambda t, *_: t >= 0, back,
             (steps - 1, tf.cast(d_h_last, tf.float32), tf.cast(d_c_last, tf.float32), dz_ta))
         dz = dz_ta.stack()  # [T, B, 4H]
-        h_prev = tf.concat([tf.cast(h0, dtype)[None], hs[:-1]], axis=0)
         units = tf.shape(recurrent)[0]
-        d_recurrent = tf.matmul(tf.reshape(h_prev, [-1, units]),
+        d_recurrent = tf.matmul(tf.reshape(hs_all[:-1], [-1, units]),  # h_0 .. h_{T-1}
                                 tf.reshape(dz, [-1, 4 * units]), transpose_a=True)
         return (tf.cast(dz, z_in.dtype), tf.cast(dh0, h0.dtype), tf.cast(dc0, c0.dtype),
                 d_recurrent)

@@ -208,8 +208,8 @@ def speech_table(results_dir: str = "results") -> str:
     lines = ["CER / WER with greedy decoding (beam search in brackets). Test: digits test takes "
              "of the training speakers, or held-out eSpeak voices; held-out: a speaker never "
              "heard in training. Diagonality: share of decoder steps whose attention peak does "
-             "not move backwards (first 10 validation utterances; in brackets, moving back by at most a "
-             "few encoder frames allowed).", "",
+             "not move backwards (first 10 validation utterances; in brackets, moving back by "
+             "at most a few encoder frames allowed).", "",
              "| data | valid | test | held-out speaker | diagonality | epochs | training | run |",
              "|---|---|---|---|---|---|---|---|"]
     for path, r in runs:

@@ -1,8 +1,8 @@
 """Flags of the speech recogniser (`--model=las`), generated from one dataclass like `config`.
 
 Run-level flags (dataset, data_dir, model_dir, batch_size, lr, clip, seed, max_epochs,
-max_steps, time_budget_min, log_every, beam_size, export_dir, export_name) are shared with the language model's and
-defined there; this module adds the speech-only ones.
+max_steps, time_budget_min, log_every, beam_size, export_dir, export_name) are shared with the
+language model's and defined there; this module adds the speech-only ones.
 """
 import dataclasses
 
@@ -10,8 +10,10 @@ from absl import flags
 
 from tfawd import config
 from tfawd.config import SPEECH_DATASETS, _f
-SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed", "max_epochs",
-          "max_steps", "time_budget_min", "log_every", "beam_size", "export_dir", "export_name")
+
+SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed",
+          "max_epochs", "max_steps", "time_budget_min", "log_every", "beam_size", "export_dir",
+          "export_name")
 
 
 @dataclasses.dataclass

@@ -52,7 +52,8 @@ def diagonality(attention, out_lengths, frames, width: int = 3, tolerance: int =
             masses.append(a[step, max(0, p - width):p + width + 1].sum())
     moves = np.asarray(moves)
     return {"monotonic": float(np.mean(moves >= 0)) if moves.size else 1.0,
-            "monotonic_within_tolerance": float(np.mean(moves >= -tolerance)) if moves.size else 1.0,
+            "monotonic_within_tolerance": (float(np.mean(moves >= -tolerance)) if moves.size
+                                           else 1.0),
             "tolerance": tolerance,
             "near_peak_mass": float(np.mean(masses)) if masses else 0.0,
             "steps": len(masses)}

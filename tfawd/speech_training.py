@@ -70,7 +70,8 @@ def featurized(cfg, vocab) -> tuple:
     """(split -> cached dataset of featurized examples, sample rate)."""
     srcs, rate = sources(cfg)
     fn = speech_features.featurize(rate, vocab)
-    return {s: d.map(fn, num_parallel_calls=tf.data.AUTOTUNE).cache() for s, d in srcs.items()}, rate
+    return {s: d.map(fn, num_parallel_calls=tf.data.AUTOTUNE).cache()
+            for s, d in srcs.items()}, rate
 
 
 def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
@@ -179,7 +180,8 @@ def _write_attention(model_dir, result, n=N_ATTENTION) -> dict:
                       np.float32)
     for i, m in enumerate(maps):
         padded[i, :m.shape[0], :m.shape[1]] = m
-        speech_eval.plot_attention(m, result["steps"][i], os.path.join(folder, f"valid_{i:02d}.png"),
+        speech_eval.plot_attention(m, result["steps"][i],
+                                   os.path.join(folder, f"valid_{i:02d}.png"),
                                    f"ref: {result['refs'][i]}\nhyp: {result['hyps'][i]}")
     np.save(os.path.join(model_dir, "attention.npy"), padded)
     return speech_eval.diagonality(maps, result["out_lengths"][:n], result["frames"][:n])

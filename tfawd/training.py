@@ -28,13 +28,17 @@ from pipelines import bptt
 from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
 from tfawd import reporting
-from tfawd.reporting import progress_bar
-from tfawd.evaluation import Evaluator
-from tfawd.losses import (activation_regularization, clip_gradients, perplexity,
-                          temporal_activation_regularization)
 from tfawd.checkpoints import RunCheckpoints
+from tfawd.evaluation import Evaluator
+from tfawd.losses import (
+    activation_regularization,
+    clip_gradients,
+    perplexity,
+    temporal_activation_regularization,
+)
 from tfawd.models import build_model
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
+from tfawd.reporting import progress_bar
 
 
 class RunError(RuntimeError):
@@ -169,7 +173,8 @@ class Trainer:
         if corpus is None:
             corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
         elif vocab is not None and vocab.words != corpus.vocab.words:
-            raise RunError(f"{vocab_path} differs from the corpus vocabulary; use a new --model_dir")
+            raise RunError(f"{vocab_path} differs from the corpus vocabulary; "
+                           f"use a new --model_dir")
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
         record_shapes(cfg, cfg.model_dir)
         corpus.vocab.save(vocab_path)
@@ -387,10 +392,12 @@ class Trainer:
             self.best.checkpoint.restore(self.best.latest_checkpoint).assert_consumed()
             weights = "best"
         valid = self.validate()
-        test = self.evaluator.evaluate(self.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
-        return {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
-                "test_ppl": test["ppl"], "test_nll": test["nll"], "valid_eval": valid,
-                "test_eval": test}
+        out = {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
+               "valid_eval": valid}
+        if cfg.final_test:
+            test = self.evaluator.evaluate(self.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
+            out.update(test_ppl=test["ppl"], test_nll=test["nll"], test_eval=test)
+        return out
 
 
 def train(cfg, corpus: Corpus | None = None) -> dict:
@@ -433,7 +440,8 @@ def _run(cfg, corpus, init_from=None) -> dict:
         "history": "history.json",
     })
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
+    test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
     print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "
-          f"test ppl {metrics['test_ppl']:.2f} | {path}", flush=True)
+          f"{test} | {path}", flush=True)
     return metrics
 
