@@ -32,6 +32,8 @@ wrong sample rate, empty audio, wrong feature size), never a crash.
 import os
 import re
 
+import tensorflow as tf
+
 SERVING_ROOT = "/models"  # where docker's tensorflow/serving sees the export folder
 
 
@@ -48,7 +50,10 @@ def save_version(archive, base_dir: str, name: str) -> str:
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '-' or '.'")
     path = os.path.join(base_dir, name, str(next_version(base_dir, name)))
     partial = os.path.join(base_dir, name, f".partial-{os.path.basename(path)}")
-    archive.write_out(partial, verbose=False)
+    # Serving needs no gradients: the LSTM's hand-written backward (lstm_kernel) reads the
+    # forward loop's TensorLists, which a saved gradient function could not capture.
+    archive.write_out(partial, verbose=False,
+                      options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     os.rename(partial, path)
     return path
 
