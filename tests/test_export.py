@@ -363,3 +363,25 @@ def test_export_flags_reach_both_configs():
     assert config.inference_from_flags(fv).export_dir == "/tmp/exports"
     assert speech_config.from_flags(fv).export_name == "digits"
     assert config.InferenceConfig().export_dir == speech_config.SpeechConfig().export_dir
+
+
+def test_a_bf16_model_is_exported_in_float32(tmp_path):
+    """Trained in mixed_bfloat16 (--precision=auto on a CPU with bf16 units), the export still
+    computes in float32: its server may lack bf16 units."""
+    from tfawd.models import copy_weights, float32_twin
+    keras.utils.set_random_seed(1)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = AwdLstmModel(20, emsize=8, nhid=12, nlayers=2)
+        model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    vocab = Vocabulary([f"w{i}" for i in range(18)])
+    loaded = tf.saved_model.load(export.export_language_model(model, vocab, str(tmp_path), "lm"))
+    got = loaded.signatures["next_words"](text=tf.constant(["w1 w2"]), k=tf.constant(3))
+    twin = float32_twin(model)
+    copy_weights(model, twin)
+    probs = tf.nn.softmax(inference.next_word_scores(twin, [vocab.encode([EOS, "w1", "w2"])]))
+    np.testing.assert_allclose(got["probabilities"][0],
+                               tf.gather(probs[0], got["ids"][0]).numpy(), atol=1e-6)

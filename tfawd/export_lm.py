@@ -12,6 +12,7 @@ import tensorflow as tf
 from pipelines.vocab import EOS, UNK
 from tfawd import inference
 from tfawd.export import save_version
+from tfawd.models import copy_weights, float32_twin
 
 MAX_WORDS = 256  # a line is cut to its last MAX_WORDS words (logits are [B, words, V])
 MAX_GENERATE = 1024  # most tokens one generate request may ask for
@@ -113,7 +114,13 @@ class LanguageModelSignatures:
 
 def export_language_model(model, vocab, base_dir: str, name: str,
                           max_words: int = MAX_WORDS) -> str:
-    """Writes `model` (an LM of `vocab`) as the next version of `<base_dir>/<name>`."""
+    """Writes `model` (an LM of `vocab`) as the next version of `<base_dir>/<name>`, in
+    float32 whatever precision it trained in: the server may lack bf16 units (then bf16 is
+    emulated), and serving's small batches run faster in float32 on CPUs anyway."""
+    if model.compute_dtype != "float32":
+        twin = float32_twin(model)
+        copy_weights(model, twin)
+        model = twin
     sig = LanguageModelSignatures(model, vocab, max_words)
     spec = tf.TensorSpec
     text = [spec([None], tf.string, name="text")]

@@ -1,0 +1,49 @@
+"""Exports an untrained language model of a flagfile's architecture, for latency measurements.
+
+Serving latency depends on the architecture, not on the weights: this gives
+`benchmarks/serving_latency.py` an export of the right shape without a training run (the
+vocabulary is the corpus's, the weights are their initial values).
+
+  python benchmarks/export_untrained.py --config=configs/awd_lstm_wt2_cpu.cfg \
+      --export_dir=/tmp/exports --export_name=awd_lstm_wt2_cpu
+"""
+import os
+import sys
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from tfawd import runtime  # noqa: E402
+
+runtime.configure_onednn()  # before TensorFlow is imported
+
+from tfawd import config  # noqa: E402
+
+config.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    import keras
+
+    from pipelines.lm_corpus import load_corpus
+    from tfawd import fusion
+    from tfawd.export_lm import export_language_model
+    from tfawd.models import build_model
+    from tfawd.training import vocab_order
+    cfg = config.from_flags(FLAGS)
+    corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg, len(corpus.vocab))
+    with fusion.standard_kernels():  # as --mode=export: no XLA in served graphs
+        path = export_language_model(model, corpus.vocab, FLAGS.export_dir,
+                                     FLAGS.export_name or "untrained")
+    print(path)
+
+
+if __name__ == "__main__":
+    sys.argv = [a.replace("--config=", "--flagfile=", 1) for a in sys.argv]
+    app.run(main)
