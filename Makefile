@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ## Train + evaluate the CPU-sized language model and speech model (about 1 h in all on a
-## 2-core AMD EPYC, 3 h on a 2-core Intel Xeon).
+## 2-core EPYC with AVX512_BF16, 3 h on AVX2-only CPUs or the AMX Xeon: README.md, by class).
 train: train-lm train-speech
 
 train-lm: $(STAMP)

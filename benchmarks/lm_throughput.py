@@ -293,8 +293,12 @@ def config_path():
 
 
 def command() -> str:
-    """This run's command line, as typed (before --config became --flagfile)."""
-    return " ".join(["python", os.path.relpath(sys.argv[0], REPO)] + ORIGINAL_ARGS)
+    """This run's command line, as typed (before --config became --flagfile), after the
+    variables that change which kernels run (oneDNN set by the user, ISA caps)."""
+    env = [f"{k}={os.environ[k]}" for k in (*runtime.ISA_CAPS, runtime.ONEDNN_VAR)
+           if k in os.environ and not (k == runtime.ONEDNN_VAR and runtime.machine()[
+               "onednn"]["decided_by"] != "user")]
+    return " ".join(env + ["python", os.path.relpath(sys.argv[0], REPO)] + ORIGINAL_ARGS)
 
 
 def git_commit() -> str:
