@@ -54,9 +54,15 @@ run: $(STAMP)
 report: $(STAMP)
 	$(PY) -m tfawd.report --write
 
-## Run the test suite.
+# The numerical specifications, run a second time with TensorFlow's own kernels (oneDNN off):
+# they must hold on either kernel set (runtime.configure_onednn turns oneDNN on by default).
+KERNEL_TESTS := tests/test_lstm_kernel.py tests/test_layers.py tests/test_losses_and_eval.py \
+	tests/test_adaptive_softmax.py tests/test_inference.py tests/test_export.py
+
+## Run the test suite (then its numerical part with oneDNN off).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -q $(KERNEL_TESTS)
 
 ## Lint (ruff, configured in pyproject.toml).
 lint: $(STAMP)
