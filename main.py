@@ -12,6 +12,7 @@ runtime.configure_onednn()  # before TensorFlow is imported (tfawd/runtime.py sa
 from absl import app, flags  # noqa: E402
 
 from tfawd import config, speech_config  # noqa: E402
+from tfawd.run_guard import Interrupted  # noqa: E402
 
 flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
                                     "tune_dynamic_eval", "predict", "generate", "export"],
@@ -48,6 +49,9 @@ def main(argv):
         user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
     try:
         modes[FLAGS.mode](cfg)
+    except Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
+        print(f"| {e}", flush=True)
+        sys.exit(e.exit_code)
     except user_errors as e:
         sys.exit(f"error: {e}")
 
@@ -62,6 +66,9 @@ def speech(data_error):
                  f"(one of {', '.join(modes)})")
     try:
         modes[FLAGS.mode](speech_config.from_flags(FLAGS))
+    except Interrupted as e:
+        print(f"| {e}", flush=True)
+        sys.exit(e.exit_code)
     except (data_error, ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
 

@@ -29,6 +29,7 @@ from pipelines.speech_features import CharVocab
 from tfawd import reporting, speech_eval
 from tfawd.checkpoints import RunCheckpoints
 from tfawd.las import ListenAttendSpell, guided_attention_loss
+from tfawd.run_guard import ModelDirLock, StopSignals, check_finite
 
 N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
 
@@ -225,6 +226,10 @@ class SpeechTrainer:
 
     def train(self) -> str:
         """Trains until an epoch, step or time bound; returns why it stopped."""
+        with StopSignals() as signals:
+            return self._train(signals)
+
+    def _train(self, signals) -> str:
         cfg, run = self.cfg, self.run
         start = time.perf_counter()
         while int(run.epoch) < cfg.max_epochs:
@@ -235,13 +240,18 @@ class SpeechTrainer:
                 seed = tf.constant([cfg.seed, int(run.step)], tf.int32)
                 losses.append([float(x) for x in self.train_step(
                     batch["features"], batch["frames"], batch["labels"], rate, seed)])
+                check_finite(int(run.step) + 1, {"loss": losses[-1][0]},
+                             self.manager.latest_checkpoint)
                 frames += int(tf.reduce_sum(batch["frames"]))
                 run.step.assign_add(1)
                 run.batch.assign_add(1)
-                stop = self._stop_reason(start)
+                stop = signals.received or self._stop_reason(start)
                 if int(run.step) % cfg.log_every == 0 or stop:
                     self._log(losses, frames, time.perf_counter() - t0, rate)
                     losses, frames, t0 = [], 0, time.perf_counter()
+                if signals.received:  # SIGTERM / Ctrl-C: this step's checkpoint, then exit
+                    self.save()
+                    raise signals.interrupted(int(run.step), self.manager.latest_checkpoint)
                 if stop:
                     self.save()
                     return stop
@@ -352,8 +362,12 @@ class SpeechTrainer:
 
 
 def train(cfg) -> dict:
+    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
+        return _train_locked(cfg)
+
+
+def _train_locked(cfg) -> dict:
     start = time.perf_counter()
-    os.makedirs(cfg.model_dir, exist_ok=True)
     trainer = SpeechTrainer(cfg)
     reporting.record_command(cfg.model_dir)
     stopped = trainer.train()

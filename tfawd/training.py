@@ -39,11 +39,9 @@ from tfawd.losses import (
 from tfawd.models import build_model
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
 from tfawd.reporting import progress_bar
+from tfawd.run_guard import ModelDirLock, RunError, StopSignals, check_finite  # noqa: F401
 
-
-class RunError(RuntimeError):
-    """A problem with the run's folder or flags, with a message naming the fix."""
-
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Flags a checkpoint cannot be resumed under a different value of.
 RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size",
@@ -225,7 +223,9 @@ class Trainer:
         start = time.perf_counter()
         profile = cfg.profile_range()
         profiling = False
+        signals = StopSignals()
         try:
+            signals.__enter__()
             while int(st.epoch) < cfg.max_epochs:
                 if cfg.max_steps and int(st.step) >= cfg.max_steps:
                     return "max_steps"
@@ -247,8 +247,10 @@ class Trainer:
                         tf.profiler.experimental.start(self.tb_dir)
                         profiling = True
                     loss, norm = self.train_step(x, y)
-                    losses.append(loss)  # read at the next log line, not every step
-                    norms.append(norm)
+                    losses.append(float(loss))  # the step has run: reading it costs nothing
+                    norms.append(float(norm))
+                    check_finite(step + 1, {"loss": losses[-1], "gradient norm": norms[-1]},
+                                 self.manager.latest_checkpoint)
                     tokens += y.shape[0] * y.shape[1]
                     st.step.assign_add(1)
                     st.window.assign_add(1)
@@ -256,10 +258,13 @@ class Trainer:
                     if profiling and step >= profile[1]:
                         tf.profiler.experimental.stop()
                         profiling = False
-                    stop = self._stop_reason(start)
+                    stop = signals.received or self._stop_reason(start)
                     if step % cfg.log_every == 0 or stop or int(st.window) == total:
                         self._log(losses, norms, tokens, time.perf_counter() - t0, bar)
                         losses, norms, tokens, t0 = [], [], 0, time.perf_counter()
+                    if signals.received:  # SIGTERM / Ctrl-C: this step's checkpoint, then exit
+                        self.save()
+                        raise signals.interrupted(step, self.manager.latest_checkpoint)
                     if stop:
                         self._keep_partial_epoch(stop)
                         self.save()
@@ -269,10 +274,8 @@ class Trainer:
                 if self._end_epoch():
                     return "converged"
             return "max_epochs"
-        except KeyboardInterrupt:
-            self.save()
-            raise
         finally:
+            signals.__exit__()
             if profiling:
                 tf.profiler.experimental.stop()
 
@@ -288,16 +291,16 @@ class Trainer:
         st, step = self.state, int(self.state.step)
         st.train_seconds.assign_add(seconds)
         st.train_tokens.assign_add(tokens)
-        loss = float(tf.reduce_mean(tf.stack(losses)))
+        loss = float(np.mean(losses))
         rate = tokens / max(seconds, 1e-9)
         self.history.append({"step": step, "epoch": int(st.epoch), "train_loss": loss,
                              "train_ppl": perplexity(loss), "lr": float(st.lr),
                              "tokens_per_s": rate})
         with self.writers["train"].as_default(step=step):
             tf.summary.scalar("loss", loss)
-            tf.summary.scalar("perplexity", perplexity(loss))
+            tf.summary.scalar("perplexity", min(perplexity(loss), FLOAT32_MAX))  # a float32
             tf.summary.scalar("learning_rate", float(st.lr))
-            tf.summary.scalar("grad_norm", float(tf.reduce_mean(tf.stack(norms))))
+            tf.summary.scalar("grad_norm", float(np.mean(norms)))
             tf.summary.scalar("tokens_per_s", rate)
         bar.update(int(st.window), [("loss", loss), ("ppl", perplexity(loss)), ("tok/s", rate),
                                     ("lr", float(st.lr))])
@@ -371,7 +374,7 @@ class Trainer:
             event = f"lr -> {float(st.lr):g}"
         with self.writers["valid"].as_default(step=step):
             tf.summary.scalar("loss", result["nll"])
-            tf.summary.scalar("perplexity", result["ppl"])
+            tf.summary.scalar("perplexity", min(result["ppl"], FLOAT32_MAX))
         self.history.append({"step": step, "epoch": int(st.epoch) + 1, "val_loss": result["nll"],
                              "val_ppl": result["ppl"], "lr": float(st.lr), "averaged": averaged,
                              "event": event})
@@ -422,6 +425,11 @@ def finetune(cfg, corpus: Corpus | None = None) -> dict:
 
 
 def _run(cfg, corpus, init_from=None) -> dict:
+    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
+        return _run_locked(cfg, corpus, init_from)
+
+
+def _run_locked(cfg, corpus, init_from) -> dict:
     start = time.perf_counter()
     trainer = Trainer(cfg, corpus, init_from)
     reporting.record_command(cfg.model_dir)
