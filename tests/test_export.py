@@ -23,8 +23,8 @@ from pipelines.speech_features import CharVocab
 from pipelines.vocab import EOS, UNK, Vocabulary
 from tfawd import export, inference, las
 from tfawd.export_lm import MAX_WORDS
+from tfawd.las import encoder_frames
 from tfawd.models import AwdLstmModel
-from tfawd.speech_training import encoder_frames
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 RATE, MAX_DECODE = 8000, 10

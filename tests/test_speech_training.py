@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tfawd import speech_training
+from tfawd import las, speech_training
 from tfawd.speech_config import SpeechConfig
 
 
@@ -27,8 +27,8 @@ def test_teacher_forcing_schedule_is_linear_then_flat():
 
 def test_encoder_frames_follow_stacking_and_pyramid():
     frames = np.array([1, 6, 7, 100])
-    np.testing.assert_array_equal(speech_training.encoder_frames(frames, 3, 0), [1, 2, 3, 34])
-    np.testing.assert_array_equal(speech_training.encoder_frames(frames, 3, 1), [1, 1, 2, 17])
+    np.testing.assert_array_equal(las.encoder_frames(frames, 3, 0), [1, 2, 3, 34])
+    np.testing.assert_array_equal(las.encoder_frames(frames, 3, 1), [1, 1, 2, 17])
 
 
 def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):

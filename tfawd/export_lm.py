@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from pipelines.vocab import EOS, UNK
 from tfawd import inference
-from tfawd.export import save_version
 from tfawd.models import copy_weights, float32_twin
+from tfawd.serving import save_version
 
 MAX_WORDS = 256  # a line is cut to its last MAX_WORDS words (logits are [B, words, V])
 MAX_GENERATE = 1024  # most tokens one generate request may ask for
@@ -25,7 +25,7 @@ class LanguageModelSignatures:
     """The signature functions of `model` with `vocab`; `lookup` is the table to track."""
 
     def __init__(self, model, vocab, max_words: int = MAX_WORDS):
-        self.model, self.max_words = inference._WeakModel(model), max_words
+        self.model, self.max_words = inference.WeakInferenceModel(model), max_words
         self.size, self.unk, self.eos = len(vocab), vocab.unk_id, vocab.index[EOS]
         self.words = np.array([w.encode("utf-8") for w in vocab.words], dtype=object)
         self.lookup = tf.lookup.StaticHashTable(

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from pipelines import speech_features
 from pipelines.speech_features import N_MELS
-from tfawd.export import save_version
-from tfawd.speech_training import encoder_frames
+from tfawd.las import encoder_frames
+from tfawd.serving import save_version
 
 
 class SpeechSignatures:

@@ -255,7 +255,7 @@ def _beam_searcher(model):
     return run
 
 
-class _WeakModel:
+class WeakInferenceModel:
     """The model at inference, weakly referenced: its cached functions must not keep it alive."""
 
     def __init__(self, model):
@@ -283,7 +283,7 @@ def _compiled(model, kind):
     """The compiled loop of `kind` ("greedy", "sample" or "beam") for `model`."""
     fns = _COMPILED.setdefault(model, {})
     if kind not in fns:
-        proxy = _WeakModel(model)
+        proxy = WeakInferenceModel(model)
         fns[kind] = _beam_searcher(proxy) if kind == "beam" else _sampler(proxy, kind == "greedy")
     return fns[kind]
 

@@ -308,3 +308,11 @@ class ListenAttendSpell(keras.Model):
             maximum_iterations=max_len)
         best = tf.range(batch) * k  # top_k sorts, so beam 0 is the best
         return tf.gather(tokens, best), tf.gather(score, best), tf.gather(attn, best)
+
+
+def encoder_frames(frames, frame_stack: int, pyramid_layers: int):
+    """Encoder steps of utterances of `frames` frames (what the attention spans)."""
+    frames = -(-frames // frame_stack)
+    for _ in range(pyramid_layers):
+        frames = (frames + 1) // 2
+    return frames

@@ -28,7 +28,7 @@ from pipelines import speech_features, speech_sources, spoken_digits
 from pipelines.speech_features import CharVocab
 from tfawd import reporting, speech_eval
 from tfawd.checkpoints import RunCheckpoints
-from tfawd.las import ListenAttendSpell, guided_attention_loss
+from tfawd.las import ListenAttendSpell, encoder_frames, guided_attention_loss
 from tfawd.run_guard import ModelDirLock, StopSignals, check_finite
 
 N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
@@ -137,14 +137,6 @@ def make_decoder(model, max_len: int, beam_size: int = 1):
             return model.greedy(features, frames, max_len)
         return model.beam_search(features, frames, max_len, beam_size)
     return decode
-
-
-def encoder_frames(frames, frame_stack: int, pyramid_layers: int):
-    """Encoder steps of utterances of `frames` frames (what the attention spans)."""
-    frames = -(-frames // frame_stack)
-    for _ in range(pyramid_layers):
-        frames = (frames + 1) // 2
-    return frames
 
 
 def transcribe(decode, data, vocab, frame_stack=1, pyramid_layers=0) -> dict:
