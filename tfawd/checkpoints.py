@@ -5,11 +5,11 @@ the last two kept. `<model_dir>/best`: the weights of the best validation score 
 """
 import json
 import logging
-import os
 
 import tensorflow as tf
 
 from tfawd.models import weights_checkpoint
+from tfawd.run_dir import RunDir
 
 
 class RunCheckpoints:
@@ -18,11 +18,10 @@ class RunCheckpoints:
 
     def __init__(self, model, model_dir: str, **state):
         self.checkpoint = tf.train.Checkpoint(model=weights_checkpoint(model), **state)
-        self.manager = tf.train.CheckpointManager(self.checkpoint,
-                                                  os.path.join(model_dir, "ckpt"), 2)
-        self.best = tf.train.CheckpointManager(weights_checkpoint(model),
-                                               os.path.join(model_dir, "best"), 1)
-        self.history_path = os.path.join(model_dir, "history.json")
+        run = RunDir(model_dir)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, run.ckpt, 2)
+        self.best = tf.train.CheckpointManager(weights_checkpoint(model), run.best, 1)
+        self.history_path = run.history
         self.history = []
         self.resumed = bool(self.manager.latest_checkpoint)
         if self.resumed:

@@ -24,12 +24,13 @@ from tfawd import reporting
 from tfawd.config import float_list
 from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
 from tfawd.pointer import evaluate_with_cache
+from tfawd.run_dir import RunDir
 from tfawd.training import RunError, Trainer
 
 
 def _load(cfg, corpus=None) -> Trainer:
     """A Trainer over `cfg.model_dir` with its best weights (the latest if never validated)."""
-    if not tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "ckpt")):
+    if not tf.train.latest_checkpoint(RunDir(cfg.model_dir).ckpt):
         raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
                        f"(--mode=train) or point --model_dir at a trained run")
     trainer = Trainer(cfg, corpus)
@@ -39,7 +40,7 @@ def _load(cfg, corpus=None) -> Trainer:
 
 
 def _record(cfg, section: str, payload: dict) -> str:
-    path = os.path.join(cfg.model_dir, "eval_results.json")
+    path = RunDir(cfg.model_dir).eval_results
     results = {}
     if os.path.exists(path):
         with open(path) as f:

@@ -31,6 +31,7 @@ wrong sample rate, empty audio, wrong feature size), never a crash.
 """
 import os
 
+from tfawd.run_dir import RunDir
 from tfawd.serving import SERVING_ROOT, next_version, save_version, write_models_config  # noqa: F401
 
 
@@ -74,10 +75,10 @@ def export_speech_run(cfg) -> str:
     from pipelines.speech_features import CharVocab
     from tfawd import speech_training
     from tfawd.models import weights_checkpoint
-    best = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "best"))
+    best = tf.train.latest_checkpoint(RunDir(cfg.model_dir).best)
     if not best:
         raise RuntimeError(f"no trained weights in {cfg.model_dir}/best: train first")
-    results = os.path.join(cfg.model_dir, "results.json")
+    results = RunDir(cfg.model_dir).results
     rate = 0
     if os.path.exists(results):
         with open(results) as f:

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from pipelines.vocab import EOS, UNK, Vocabulary
 from tfawd.models import build_model, weights_checkpoint
+from tfawd.run_dir import RunDir
 from tfawd.training import RunError, flag_mismatches
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ def load_trained(model_dir: str, cfg):
     must be the run's), the vocabulary from `<model_dir>/vocab.txt`, the weights from
     `<model_dir>/best/` (the best validated ones), else from the latest `<model_dir>/ckpt/`
     (the live training weights; with NT-ASGD these are not the averaged ones)."""
-    vocab_path = os.path.join(model_dir, "vocab.txt")
-    best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
-    last = tf.train.latest_checkpoint(os.path.join(model_dir, "ckpt"))
+    run = RunDir(model_dir)
+    vocab_path = run.vocab
+    best = tf.train.latest_checkpoint(run.best)
+    last = tf.train.latest_checkpoint(run.ckpt)
     if not os.path.exists(vocab_path) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")

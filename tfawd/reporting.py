@@ -10,6 +10,7 @@ import keras
 import matplotlib
 
 from tfawd import runtime
+from tfawd.run_dir import RunDir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,22 +36,19 @@ def write_json(path, payload) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS = "commands.txt"
-
-
 def record_command(model_dir) -> None:
     """Appends this process's command line to <model_dir>/commands.txt when it starts training:
     a run resumed after an interruption or a time budget lists every invocation that trained it."""
-    with open(os.path.join(model_dir, COMMANDS), "a") as f:
+    with open(RunDir(model_dir).commands, "a") as f:
         f.write(" ".join(sys.argv) + "\n")
 
 
 def write_results(model_dir, cfg, metrics: dict) -> str:
     """results.json: the metrics, the flags, the versions, this process's `command` and the
     `commands` of every invocation that trained the run (`record_command`), oldest first."""
-    path = os.path.join(model_dir, "results.json")
+    path = RunDir(model_dir).results
     command = " ".join(sys.argv)
-    log = os.path.join(model_dir, COMMANDS)
+    log = RunDir(model_dir).commands
     commands = open(log).read().splitlines() if os.path.exists(log) else [command]
     precision = {"precision": cfg.precision} if hasattr(cfg, "precision") else {}
     write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **precision, **metrics,

@@ -1,7 +1,7 @@
 """The faults a long training run meets, handled the same way by both trainers.
 
 - `ModelDirLock`: one trainer per `--model_dir`. A second process is refused at once, naming
-  the one that holds the folder; the lock is an `fcntl.flock` on `<model_dir>/.lock`, which
+  the one that holds the folder; the lock is an `fcntl.flock` on the folder's `.lock`, which
   the kernel releases when its process ends in any way (SIGKILL included), so it never stays
   stuck.
 - `StopSignals`: SIGTERM (how schedulers and cloud preemption stop a job) and SIGINT (Ctrl-C)
@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from tfawd.run_dir import RunDir
+
 
 class RunError(RuntimeError):
     """A problem with the run's folder or flags, with a message naming the fix."""
@@ -39,7 +41,6 @@ class NonFiniteError(RunError):
     """The loss or gradient norm stopped being finite."""
 
 
-LOCK_FILE = ".lock"
 
 
 class ModelDirLock:
@@ -47,7 +48,7 @@ class ModelDirLock:
 
     def __init__(self, model_dir: str):
         self.model_dir = model_dir
-        self.path = os.path.join(model_dir, LOCK_FILE)
+        self.path = RunDir(model_dir).lock
         self._file = None
 
     def acquire(self) -> "ModelDirLock":
@@ -76,7 +77,7 @@ class ModelDirLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-            if self._created and os.listdir(self.model_dir) == [LOCK_FILE]:
+            if self._created and os.listdir(self.model_dir) == [os.path.basename(self.path)]:
                 os.remove(self.path)  # a run that never started leaves no folder behind
                 os.rmdir(self.model_dir)
 

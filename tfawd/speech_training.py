@@ -29,6 +29,7 @@ from pipelines.speech_features import CharVocab
 from tfawd import reporting, speech_eval
 from tfawd.checkpoints import RunCheckpoints
 from tfawd.las import ListenAttendSpell, encoder_frames, guided_attention_loss
+from tfawd.run_dir import RunDir
 from tfawd.run_guard import ModelDirLock, StopSignals, check_finite
 
 N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
@@ -166,7 +167,7 @@ def eval_batches(data, batch_size):
 
 def _write_attention(model_dir, result, n=N_ATTENTION) -> dict:
     """PNGs + attention.npy (padded [n, L, T]) of the first n validation utterances."""
-    folder = os.path.join(model_dir, "attention")
+    folder = RunDir(model_dir).attention
     os.makedirs(folder, exist_ok=True)
     maps = result["attention"][:n]
     padded = np.zeros([len(maps), max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)],
@@ -176,7 +177,7 @@ def _write_attention(model_dir, result, n=N_ATTENTION) -> dict:
         speech_eval.plot_attention(m, result["steps"][i],
                                    os.path.join(folder, f"valid_{i:02d}.png"),
                                    f"ref: {result['refs'][i]}\nhyp: {result['hyps'][i]}")
-    np.save(os.path.join(model_dir, "attention.npy"), padded)
+    np.save(RunDir(model_dir).attention_npy, padded)
     return speech_eval.diagonality(maps, result["out_lengths"][:n], result["frames"][:n])
 
 
@@ -203,7 +204,7 @@ class SpeechTrainer:
         self.history_path, self.history = ckpts.history_path, ckpts.history
         if ckpts.resumed:
             logging.info("Resumed at epoch %d, batch %d", int(self.run.epoch), int(self.run.batch))
-        tb = os.path.join(cfg.model_dir, "tb")
+        tb = RunDir(cfg.model_dir).tb
         self.writers = {k: tf.summary.create_file_writer(os.path.join(tb, k))
                         for k in ("train", "valid")}
 
@@ -372,7 +373,7 @@ def _train_locked(cfg) -> dict:
                    wall_seconds_this_run=round(time.perf_counter() - start, 1),
                    sample_rate=trainer.sample_rate,
                    parameters=int(sum(np.prod(v.shape) for v in trainer.model.trainable_variables)))
-    speech_eval.plot_history(trainer.history, os.path.join(cfg.model_dir, "loss_curve.png"),
+    speech_eval.plot_history(trainer.history, RunDir(cfg.model_dir).loss_curve,
                              f"LAS on {cfg.dataset}")
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     print(f"Wrote {path}", flush=True)
@@ -389,7 +390,7 @@ MODEL_FLAGS = ("listener_units", "frame_stack", "pyramid_layers", "speller_units
 def trained_model_flags(cfg):
     """`cfg` with the MODEL_FLAGS of the run in `cfg.model_dir` (its results.json), a flag the
     run predates taking its default; unchanged when the run has no results.json yet."""
-    path = os.path.join(cfg.model_dir, "results.json")
+    path = RunDir(cfg.model_dir).results
     if not os.path.exists(path):
         return cfg
     with open(path) as f:
@@ -406,5 +407,5 @@ def trained_model_flags(cfg):
 def evaluate(cfg) -> dict:
     trainer = SpeechTrainer(trained_model_flags(cfg))
     metrics = trainer.evaluate_best()
-    reporting.write_json(os.path.join(cfg.model_dir, "evaluation.json"), metrics)
+    reporting.write_json(RunDir(cfg.model_dir).evaluation, metrics)
     return metrics

@@ -39,6 +39,7 @@ from tfawd.losses import (
 from tfawd.models import build_model
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
 from tfawd.reporting import progress_bar
+from tfawd.run_dir import RunDir
 from tfawd.run_guard import ModelDirLock, RunError, StopSignals, check_finite  # noqa: F401
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -50,7 +51,7 @@ RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", 
 
 def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
     """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
-    path = os.path.join(model_dir, "flags.json")
+    path = RunDir(model_dir).flags
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -68,7 +69,7 @@ def check_resumable(cfg, model_dir: str) -> None:
 
 
 def record_shapes(cfg, model_dir: str) -> None:
-    path = os.path.join(model_dir, "flags.json")
+    path = RunDir(model_dir).flags
     if not os.path.exists(path):
         reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
 
@@ -166,7 +167,7 @@ class Trainer:
         self.finetuning = init_from is not None
         check_resumable(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
-        vocab_path = os.path.join(cfg.model_dir, "vocab.txt")
+        vocab_path = RunDir(cfg.model_dir).vocab
         vocab = Vocabulary.load(vocab_path) if os.path.exists(vocab_path) else None
         if corpus is None:
             corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
@@ -194,7 +195,7 @@ class Trainer:
         if init_from and not self.manager.latest_checkpoint:
             self._start_finetuning(init_from)
         self.train_step = make_train_step(self.model, self.optimizer, self.state, cfg)
-        self.tb_dir = os.path.join(cfg.model_dir, "tb")
+        self.tb_dir = RunDir(cfg.model_dir).tb
         self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
                         for k in ("train", "valid")}
 
@@ -412,15 +413,15 @@ def finetune(cfg, corpus: Corpus | None = None) -> dict:
     """`--mode=finetune`: from the best weights in `model_dir`, averaged SGD again until the
     non-monotone condition fires on the averaged validation checks (the reference's
     finetune.py); runs in `<model_dir>/finetune`, keeps the better model there."""
-    parent = tf.train.latest_checkpoint(os.path.join(cfg.model_dir, "best"))
+    run = RunDir(cfg.model_dir)
+    parent = tf.train.latest_checkpoint(run.best)
     if not parent:
         raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
-    child = dataclasses.replace(cfg, model_dir=os.path.join(cfg.model_dir, "finetune"),
+    child = dataclasses.replace(cfg, model_dir=run.finetune.path,
                                 optimizer="ntasgd")
     os.makedirs(child.model_dir, exist_ok=True)
-    vocab = os.path.join(cfg.model_dir, "vocab.txt")
-    if os.path.exists(vocab):
-        shutil.copy(vocab, os.path.join(child.model_dir, "vocab.txt"))
+    if os.path.exists(run.vocab):
+        shutil.copy(run.vocab, run.finetune.vocab)
     return _run(child, corpus, init_from=parent)
 
 
@@ -436,7 +437,7 @@ def _run_locked(cfg, corpus, init_from) -> dict:
     stopped = trainer.train()
     metrics = trainer.evaluate_best()
     st = trainer.state
-    plot = reporting.plot_loss_curve(trainer.history, os.path.join(cfg.model_dir, "loss_curve.png"),
+    plot = reporting.plot_loss_curve(trainer.history, RunDir(cfg.model_dir).loss_curve,
                                      f"{cfg.model} on {cfg.dataset}")
     metrics.update({
         "stopped": stopped, "epochs_completed": int(st.epoch), "steps": int(st.step),
@@ -445,7 +446,7 @@ def _run_locked(cfg, corpus, init_from) -> dict:
         "wall_seconds_this_run": time.perf_counter() - start,
         "num_parameters": int(sum(np.prod(v.shape) for v in trainer.model.trainable_variables)),
         "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
-        "history": "history.json",
+        "history": os.path.basename(RunDir(cfg.model_dir).history),
     })
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
