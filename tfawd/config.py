@@ -113,6 +113,11 @@ class LMConfig:
     profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
                                 "(TensorBoard profile tab).")
 
+    # Not a flag: the names of the flags the user gave (command line or flagfile), so a trained
+    # run's own architecture is checked against those only (`inference.load_trained`); None (a
+    # config built in code): every field counts as given.
+    explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
+
     def adaptive_cutoffs_list(self) -> list:
         """--adaptive_cutoffs as ints when --softmax=adaptive (else no clusters)."""
         if self.softmax != "adaptive":
@@ -199,6 +204,8 @@ def define_fields(fields, fv):
     """One absl flag per dataclass field: enum with choices, else by the field's type."""
     for field in fields:
         name, default, meta = field.name, field.default, field.metadata
+        if meta.get("flag") is False:
+            continue
         if meta["choices"]:
             flags.DEFINE_enum(name, default, meta["choices"], meta["help"], flag_values=fv)
         elif field.type is bool:
@@ -259,7 +266,9 @@ def inference_from_flags(fv=flags.FLAGS) -> InferenceConfig:
 def from_flags(fv=flags.FLAGS) -> LMConfig:
     """The run's config; `--precision=auto` becomes the precision this machine runs
     (`runtime.resolve_precision`), so everything downstream sees a concrete dtype policy."""
-    cfg = LMConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(LMConfig)})
+    names = [f.name for f in dataclasses.fields(LMConfig) if f.metadata.get("flag") is not False]
+    cfg = LMConfig(**{n: fv[n].value for n in names},
+                   explicit=tuple(sorted(n for n in names if fv[n].present)))
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
     cfg.precision = runtime.resolve_precision(cfg.precision)

@@ -13,30 +13,60 @@ Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
 `dynamic_eval`, each with the command that made it), leaving the others in place, so the
 report sees every method's figures.
 """
-import dataclasses
 import json
 import os
 import sys
+import typing
 
 import tensorflow as tf
 
+from pipelines.lm_corpus import Corpus, load_corpus
 from tfawd import reporting
 from tfawd.config import float_list
 from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
+from tfawd.evaluation import Evaluator
+from tfawd.inference import load_trained
 from tfawd.pointer import evaluate_with_cache
 from tfawd.run_dir import RunDir
-from tfawd.training import RunError, Trainer
+from tfawd.training import RunError
 
 
-def _load(cfg, corpus=None) -> Trainer:
-    """A Trainer over `cfg.model_dir` with its best weights (the latest if never validated)."""
+class LoadedRun(typing.NamedTuple):
+    """A trained run as evaluation needs it: the model (best weights), its corpus, the flags."""
+    model: object
+    corpus: Corpus
+    cfg: object
+
+
+def _load(cfg, corpus=None) -> LoadedRun:
+    """The model of `cfg.model_dir` with its best weights (the latest if never validated),
+    built from the run's own config (no optimizer, no training step), and its corpus read with
+    the run's vocabulary (its dataset unless --dataset is given)."""
     if not tf.train.latest_checkpoint(RunDir(cfg.model_dir).ckpt):
         raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
                        f"(--mode=train) or point --model_dir at a trained run")
-    trainer = Trainer(cfg, corpus)
-    if trainer.best.latest_checkpoint:
-        trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
-    return trainer
+    model, vocab = load_trained(cfg.model_dir, cfg)
+    if corpus is None:
+        dataset = cfg.dataset
+        if "dataset" not in (cfg.explicit or ()) and os.path.exists(RunDir(cfg.model_dir).flags):
+            with open(RunDir(cfg.model_dir).flags) as f:
+                dataset = json.load(f).get("dataset", dataset)
+        corpus = load_corpus(dataset, cfg.data_dir, vocab=vocab)
+    elif vocab.words != corpus.vocab.words:
+        raise RunError(f"{RunDir(cfg.model_dir).vocab} differs from the corpus vocabulary")
+    return LoadedRun(model, corpus, cfg)
+
+
+def _score(run: LoadedRun) -> dict:
+    """Validation and test perplexity of the loaded weights (validation at
+    --eval_batch_size, test at --test_batch_size, as training's final evaluation)."""
+    cfg, evaluator = run.cfg, Evaluator(run.model)
+    valid = evaluator.evaluate(run.corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
+    test = evaluator.evaluate(run.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
+    weights = "best" if tf.train.latest_checkpoint(RunDir(cfg.model_dir).best) else "last"
+    return {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
+            "test_ppl": test["ppl"], "test_nll": test["nll"], "valid_eval": valid,
+            "test_eval": test}
 
 
 def _record(cfg, section: str, payload: dict) -> str:
@@ -58,8 +88,8 @@ def _cache(trainer, split, batch_size, thetas, lambdas):
 
 def evaluate(cfg, corpus=None) -> dict:
     """`--mode=evaluate` (see module doc)."""
-    trainer = _load(dataclasses.replace(cfg, final_test=True), corpus)
-    metrics = trainer.evaluate_best()
+    trainer = _load(cfg, corpus)
+    metrics = _score(trainer)
     _record(cfg, "plain", metrics)
     line = f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}"
     if cfg.cache_window:

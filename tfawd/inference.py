@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.vocab import EOS, UNK, Vocabulary
-from tfawd.models import build_model, weights_checkpoint
+from tfawd.models import architecture_flags, build_model, from_saved_config, weights_checkpoint
 from tfawd.run_dir import RunDir
 from tfawd.training import RunError, flag_mismatches
 
@@ -32,23 +32,35 @@ _ARCHITECTURE = ("model", "emsize", "nhid", "nlayers", "tie_weights", "softmax",
 
 # -- loading --------------------------------------------------------------------------------
 def load_trained(model_dir: str, cfg):
-    """(model, vocab) of a trained run: the model built from `cfg` (its architecture flags
-    must be the run's), the vocabulary from `<model_dir>/vocab.txt`, the weights from
-    `<model_dir>/best/` (the best validated ones), else from the latest `<model_dir>/ckpt/`
-    (the live training weights; with NT-ASGD these are not the averaged ones)."""
+    """(model, vocab) of a trained run, the model only (no optimizer, no training step): built
+    from the run's `model.json` (runs older than it: from `cfg`, whose architecture flags must
+    then be the run's), the vocabulary from `vocab.txt`, the weights from `best/` (the best
+    validated ones), else from the latest `ckpt/` (the live training weights; with NT-ASGD
+    these are not the averaged ones). Architecture flags the user gave (`cfg.explicit`; every
+    field of a config built in code) must agree with the run's: a conflict is refused naming
+    both values."""
     run = RunDir(model_dir)
-    vocab_path = run.vocab
     best = tf.train.latest_checkpoint(run.best)
     last = tf.train.latest_checkpoint(run.ckpt)
-    if not os.path.exists(vocab_path) or not (best or last):
+    if not os.path.exists(run.vocab) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
-    diff = flag_mismatches(cfg, model_dir, _ARCHITECTURE)
-    if diff:
-        raise RunError(f"--model_dir={model_dir} was trained with {', '.join(diff)}; "
-                       f"pass the flags it was trained with")
-    vocab = Vocabulary.load(vocab_path)
-    model = build_model(cfg, len(vocab))
+    vocab = Vocabulary.load(run.vocab)
+    if os.path.exists(run.model):
+        saved = architecture_flags(run.model)
+        given = saved if cfg.explicit is None else cfg.explicit  # None: a config built in code
+        conflicts = [f"--{k}={v} (now {getattr(cfg, k)})" for k, v in saved.items()
+                     if k in given and getattr(cfg, k) != v]
+        if conflicts:
+            raise RunError(f"--model_dir={model_dir} was trained with {', '.join(conflicts)}; "
+                           f"drop those flags (the run's own are read from its model.json)")
+        model = from_saved_config(run.model, cfg.precision)
+    else:
+        diff = flag_mismatches(cfg, model_dir, _ARCHITECTURE)
+        if diff:
+            raise RunError(f"--model_dir={model_dir} was trained with {', '.join(diff)}; "
+                           f"pass the flags it was trained with")
+        model = build_model(cfg, len(vocab))
     if best:
         weights_checkpoint(model).restore(best).assert_consumed()
     else:  # the training checkpoint also holds the optimizer and run state: skip those

@@ -4,6 +4,8 @@ The model is a function of (token ids, recurrent state) -> (logits, new state): 
 carries the state across the windows of the BPTT stream, so the same model serves training
 (batch 20-80), validation (batch 10), testing (batch 1) and prediction without `stateful` layers.
 """
+import json
+
 import keras
 import tensorflow as tf
 
@@ -282,3 +284,46 @@ def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
     list (`self.rnns = [...]`) are not tracked by it and would be silently left out.
     """
     return tf.train.Checkpoint(variables=[v.value for v in model.variables])
+
+
+MODEL_CLASSES = {"LstmLanguageModel": LstmLanguageModel, "AwdLstmModel": AwdLstmModel}
+MODEL_FLAG = {"LstmLanguageModel": "lstm", "AwdLstmModel": "awd_lstm"}
+
+
+def save_config(model: keras.Model, path: str) -> None:
+    """Writes the model's class and `get_config()` (nanoGPT keeps its config with the weights)."""
+    config = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name",
+                                                                       "trainable")}
+    with open(path, "w") as f:
+        json.dump({"class": type(model).__name__, "config": config}, f, indent=1)
+        f.write("\n")
+
+
+def from_saved_config(path: str, precision: str = "float32") -> keras.Model:
+    """The model `save_config` described, built (weights at their initial values) and computing
+    in `precision` ("auto" resolved for this machine)."""
+    with open(path) as f:
+        saved = json.load(f)
+    cls = MODEL_CLASSES[saved["class"]]
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(runtime.resolve_precision(precision))
+    try:
+        model = cls(**saved["config"])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
+    return model
+
+
+def architecture_flags(path: str) -> dict:
+    """The flags (`--model`, `--emsize`, ...) that describe the model of a saved config."""
+    with open(path) as f:
+        saved = json.load(f)
+    c = saved["config"]
+    out = {"model": MODEL_FLAG[saved["class"]], "emsize": c["emsize"], "nhid": c["nhid"],
+           "nlayers": c["nlayers"], "softmax": c.get("softmax", "full")}
+    if saved["class"] == "LstmLanguageModel":
+        out["tie_weights"] = c["tie_weights"]
+    if out["softmax"] == "adaptive":
+        out.update(adaptive_cutoffs=",".join(str(x) for x in c["cutoffs"]), adaptive_div=c["div"])
+    return out

@@ -3,6 +3,8 @@
     ckpt/            what resuming needs (weights, optimizer, counters), the last two
     best/            the weights of the best validation score
     tb/              TensorBoard logs (train/, valid/; profiler traces)
+    model.json       the model's class and config (`get_config`): what rebuilds it for
+                     evaluation, prediction and export without architecture flags
     flags.json       the flags a resumed run must keep (shapes, data, model)
     vocab.txt        the language model's vocabulary, one word per line
     history.json     log lines and validation checks, in order
@@ -30,6 +32,7 @@ class RunDir:
     ckpt = property(lambda self: self._join("ckpt"))
     best = property(lambda self: self._join("best"))
     tb = property(lambda self: self._join("tb"))
+    model = property(lambda self: self._join("model.json"))
     flags = property(lambda self: self._join("flags.json"))
     vocab = property(lambda self: self._join("vocab.txt"))
     history = property(lambda self: self._join("history.json"))

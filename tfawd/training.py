@@ -36,7 +36,7 @@ from tfawd.losses import (
     perplexity,
     temporal_activation_regularization,
 )
-from tfawd.models import build_model
+from tfawd.models import build_model, save_config
 from tfawd.optimizers import NTASGD, nonmonotone_trigger
 from tfawd.reporting import progress_bar
 from tfawd.run_dir import RunDir
@@ -182,6 +182,8 @@ class Trainer:
             self.model = build_model(cfg, len(corpus.vocab))
         except ValueError as e:  # flags the model cannot be built with
             raise RunError(str(e)) from None
+        if not os.path.exists(RunDir(cfg.model_dir).model):  # the architecture, with the weights
+            save_config(self.model, RunDir(cfg.model_dir).model)
         self.evaluator = Evaluator(self.model)
         self.optimizer = make_optimizer(cfg)
         self.optimizer.build(self.model.trainable_variables)
