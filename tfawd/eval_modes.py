@@ -24,7 +24,7 @@ from pipelines.lm_corpus import Corpus, load_corpus
 from tfawd import reporting
 from tfawd.config import float_list
 from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
-from tfawd.evaluation import Evaluator
+from tfawd.evaluation import Evaluator, split_metrics
 from tfawd.inference import load_trained
 from tfawd.pointer import evaluate_with_cache
 from tfawd.run_dir import RunDir
@@ -60,13 +60,8 @@ def _load(cfg, corpus=None) -> LoadedRun:
 def _score(run: LoadedRun) -> dict:
     """Validation and test perplexity of the loaded weights (validation at
     --eval_batch_size, test at --test_batch_size, as training's final evaluation)."""
-    cfg, evaluator = run.cfg, Evaluator(run.model)
-    valid = evaluator.evaluate(run.corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
-    test = evaluator.evaluate(run.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
-    weights = "best" if tf.train.latest_checkpoint(RunDir(cfg.model_dir).best) else "last"
-    return {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
-            "test_ppl": test["ppl"], "test_nll": test["nll"], "valid_eval": valid,
-            "test_eval": test}
+    weights = "best" if tf.train.latest_checkpoint(RunDir(run.cfg.model_dir).best) else "last"
+    return {"weights": weights, **split_metrics(Evaluator(run.model), run.corpus, run.cfg)}
 
 
 def _record(cfg, section: str, payload: dict) -> str:

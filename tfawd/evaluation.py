@@ -64,3 +64,13 @@ class Evaluator:
         return {"nll": mean, "ppl": perplexity(mean), "tokens": count, "seconds": seconds,
                 "tokens_per_s": count / seconds, "batch_size": batch_size}
 
+
+def split_metrics(evaluator: Evaluator, corpus, cfg, test: bool = True) -> dict:
+    """The final figures of a run: validation perplexity at `cfg.eval_batch_size` and (with
+    `test`) test perplexity at `cfg.test_batch_size`, as the reference code scores them."""
+    valid = evaluator.evaluate(corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
+    out = {"val_ppl": valid["ppl"], "val_nll": valid["nll"], "valid_eval": valid}
+    if test:
+        result = evaluator.evaluate(corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
+        out.update(test_ppl=result["ppl"], test_nll=result["nll"], test_eval=result)
+    return out

@@ -33,9 +33,6 @@ def _carried(h, c):
     return tf.cast(h, tf.float32), tf.cast(c, tf.float32)
 
 
-SOFTMAXES = ("full", "adaptive")
-
-
 def _adaptive_layers(vocab_size, emsize, cutoffs, div, dropoute, tie):
     """(embedding, softmax) of an adaptive model: adaptive input tied to the adaptive softmax
     (Baevski & Auli 2019, section 3; the AWD-LSTM's tying, section 4.5) when `tie`, else a
@@ -231,44 +228,44 @@ def _softmax_config(model) -> dict:
     return {"softmax": model.softmax_kind, "cutoffs": model.cutoffs, "div": model.div}
 
 
-def build_model(cfg, vocab_size: int) -> keras.Model:
-    """The model named by `cfg.model`, built (its weights created), its layers computing in
-    `cfg.precision` (a Keras dtype policy, "auto" resolved for this machine by
-    `runtime.resolve_precision`; weights stay float32)."""
+def built_in(precision: str, make) -> keras.Model:
+    """`make()`'s model, its layers created under the dtype policy `precision` ("auto"
+    resolved for this machine by `runtime.resolve_precision`; weights stay float32), then
+    built by one call on a [1, 1] input."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(runtime.resolve_precision(cfg.precision))
+    keras.config.set_dtype_policy(runtime.resolve_precision(precision))
     try:
-        softmax = dict(softmax=cfg.softmax, cutoffs=cfg.adaptive_cutoffs_list(),
-                       div=cfg.adaptive_div)
-        if softmax["cutoffs"] and softmax["cutoffs"][-1] >= vocab_size:
-            raise ValueError(f"--adaptive_cutoffs={cfg.adaptive_cutoffs} must stay below the "
-                             f"vocabulary size {vocab_size}; lower the last cut-off")
-        if cfg.model == "awd_lstm":
-            model = AwdLstmModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout,
-                                 cfg.dropouth, cfg.dropouti, cfg.dropoute, cfg.wdrop, **softmax)
-        elif cfg.model == "lstm":
-            model = LstmLanguageModel(vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers,
-                                      cfg.dropout, cfg.tie_weights, **softmax)
-        else:
-            raise ValueError(f"unknown --model {cfg.model!r}")
+        model = make()
     finally:
         keras.config.set_dtype_policy(previous)
     model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
     return model
 
 
+def build_model(cfg, vocab_size: int) -> keras.Model:
+    """The model named by `cfg.model`, built (its weights created), its layers computing in
+    `cfg.precision` (`built_in`)."""
+    softmax = dict(softmax=cfg.softmax, cutoffs=cfg.adaptive_cutoffs_list(), div=cfg.adaptive_div)
+    if softmax["cutoffs"] and softmax["cutoffs"][-1] >= vocab_size:
+        raise ValueError(f"--adaptive_cutoffs={cfg.adaptive_cutoffs} must stay below the "
+                         f"vocabulary size {vocab_size}; lower the last cut-off")
+    if cfg.model == "awd_lstm":
+        return built_in(cfg.precision, lambda: AwdLstmModel(
+            vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.dropouth,
+            cfg.dropouti, cfg.dropoute, cfg.wdrop, **softmax))
+    if cfg.model == "lstm":
+        return built_in(cfg.precision, lambda: LstmLanguageModel(
+            vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.tie_weights,
+            **softmax))
+    raise ValueError(f"unknown --model {cfg.model!r}")
+
+
 def float32_twin(model: keras.Model) -> keras.Model:
     """A copy of `model` (same class and config) computing in float32; `copy_weights` fills
     it. Small-batch evaluation uses it under mixed precision: at batch 1 every matmul is a
     matrix-vector product, which runs slower in bfloat16 than in float32 on this CPU."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        twin = type(model).from_config({**model.get_config(), "dtype": "float32"})
-    finally:
-        keras.config.set_dtype_policy(previous)
-    twin(tf.zeros([1, 1], tf.int32), twin.initial_state(1))
-    return twin
+    return built_in("float32", lambda: type(model).from_config(
+        {**model.get_config(), "dtype": "float32"}))
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
@@ -304,15 +301,7 @@ def from_saved_config(path: str, precision: str = "float32") -> keras.Model:
     in `precision` ("auto" resolved for this machine)."""
     with open(path) as f:
         saved = json.load(f)
-    cls = MODEL_CLASSES[saved["class"]]
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(runtime.resolve_precision(precision))
-    try:
-        model = cls(**saved["config"])
-    finally:
-        keras.config.set_dtype_policy(previous)
-    model(tf.zeros([1, 1], tf.int32), model.initial_state(1))
-    return model
+    return built_in(precision, lambda: MODEL_CLASSES[saved["class"]](**saved["config"]))
 
 
 def architecture_flags(path: str) -> dict:

@@ -29,7 +29,7 @@ from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
 from tfawd import reporting
 from tfawd.checkpoints import RunCheckpoints
-from tfawd.evaluation import Evaluator
+from tfawd.evaluation import Evaluator, split_metrics
 from tfawd.losses import (
     activation_regularization,
     clip_gradients,
@@ -397,13 +397,8 @@ class Trainer:
         if self.best.latest_checkpoint:
             self.best.checkpoint.restore(self.best.latest_checkpoint).assert_consumed()
             weights = "best"
-        valid = self.validate()
-        out = {"weights": weights, "val_ppl": valid["ppl"], "val_nll": valid["nll"],
-               "valid_eval": valid}
-        if cfg.final_test:
-            test = self.evaluator.evaluate(self.corpus.ids["test"], cfg.test_batch_size, cfg.bptt)
-            out.update(test_ppl=test["ppl"], test_nll=test["nll"], test_eval=test)
-        return out
+        return {"weights": weights,
+                **split_metrics(self.evaluator, self.corpus, cfg, test=cfg.final_test)}
 
 
 def train(cfg, corpus: Corpus | None = None) -> dict:
