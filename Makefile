@@ -48,11 +48,11 @@ run: $(STAMP)
 	if [ -d $(MODEL_DIR)/attention ]; then rm -rf results/$(NAME)_attention && \
 	  cp -r $(MODEL_DIR)/attention results/$(NAME)_attention && \
 	  cp $(MODEL_DIR)/attention.npy results/$(NAME)_attention/; fi
-	$(PY) -m tfawd.report --write
+	$(PY) -m tfawd.core.readme_tables --write
 
 ## Regenerate README.md's results tables from results/*.json.
 report: $(STAMP)
-	$(PY) -m tfawd.report --write
+	$(PY) -m tfawd.core.readme_tables --write
 
 # The numerical specifications, run a second time with TensorFlow's own kernels (oneDNN off):
 # they must hold on either kernel set (runtime.configure_onednn turns oneDNN on by default).

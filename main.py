@@ -5,14 +5,16 @@
 """
 import sys
 
-from tfawd import runtime
+from tfawd.core import runtime
 
-runtime.configure_onednn()  # before TensorFlow is imported (tfawd/runtime.py says why)
+runtime.configure_onednn()  # before TensorFlow is imported (tfawd/core/runtime.py says why)
 
 from absl import app, flags  # noqa: E402
 
-from tfawd import config, speech_config  # noqa: E402
-from tfawd.run_guard import Interrupted  # noqa: E402
+from tfawd.core.flags import adopt_recorded_flags  # noqa: E402
+from tfawd.core.run_guard import Interrupted  # noqa: E402
+from tfawd.lm import config  # noqa: E402
+from tfawd.speech import config as speech_config  # noqa: E402
 
 flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
                                     "tune_dynamic_eval", "predict", "generate", "export"],
@@ -33,9 +35,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
     from pipelines.corpus_files import DataError
+    if FLAGS.mode != "train":  # a trained run's folder answers for its own flags
+        adopt_recorded_flags(FLAGS, FLAGS.model_dir)
     if FLAGS.model == "las":
         return speech(DataError)
-    from tfawd import eval_modes, export, training
+    from tfawd.lm import export, training
+    from tfawd.lm import modes as eval_modes
     cfg = config.from_flags(FLAGS)
     training.configure_runtime(cfg)
     modes = {"train": training.train, "finetune": training.finetune,
@@ -43,7 +48,7 @@ def main(argv):
              "tune_dynamic_eval": eval_modes.tune_dynamic_eval,
              "predict": lambda c: eval_modes.predict(c, config.inference_from_flags(FLAGS)),
              "generate": lambda c: eval_modes.generate(c, config.inference_from_flags(FLAGS)),
-             "export": lambda c: export.export_lm_run(c, config.inference_from_flags(FLAGS))}
+             "export": lambda c: export.export_run(c, config.inference_from_flags(FLAGS))}
     user_errors = (DataError, training.RunError)
     if FLAGS.mode in ("predict", "generate", "export"):
         user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
@@ -58,9 +63,10 @@ def main(argv):
 
 def speech(data_error):
     """--model=las: the speech recogniser (train, evaluate or export)."""
-    from tfawd import export, speech_training
-    modes = {"train": speech_training.train, "evaluate": speech_training.evaluate,
-             "export": export.export_speech_run}
+    from tfawd.speech import evaluation, export
+    from tfawd.speech import training as speech_training
+    modes = {"train": speech_training.train, "evaluate": evaluation.evaluate,
+             "export": export.export_run}
     if FLAGS.mode not in modes:
         sys.exit(f"error: --mode={FLAGS.mode} is not available for --model=las "
                  f"(one of {', '.join(modes)})")

@@ -14,11 +14,11 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 
-from tfawd import config  # noqa: E402
+from tfawd.lm import config  # noqa: E402
 
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -30,10 +30,10 @@ def main(argv):
     import keras
 
     from pipelines.lm_corpus import load_corpus
-    from tfawd import fusion
-    from tfawd.export_lm import export_language_model
-    from tfawd.models import build_model
-    from tfawd.training import vocab_order
+    from tfawd.lm.export import export_language_model
+    from tfawd.lm.models import build_model
+    from tfawd.lm.training import vocab_order
+    from tfawd.nn import fusion
     cfg = config.from_flags(FLAGS)
     corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
     keras.utils.set_random_seed(cfg.seed)

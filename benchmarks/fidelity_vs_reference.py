@@ -21,11 +21,11 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 from pipelines.corpus_files import default_data_dir  # noqa: E402
-from tfawd.config import LMConfig  # noqa: E402
+from tfawd.lm.config import LMConfig  # noqa: E402
 
 flags.DEFINE_integer("steps", 300, "Training steps of each implementation.")
 flags.DEFINE_integer("range", 100, "Width of the step ranges whose mean losses are compared.")
@@ -47,7 +47,7 @@ PAPER = dict(lr=30.0, clip=0.25, dropout=0.4, dropouth=0.2, dropouti=0.65, dropo
 
 
 def run_tfawd(data_dir):
-    from tfawd.training import Trainer
+    from tfawd.lm.training import Trainer
     with tempfile.TemporaryDirectory() as model_dir:
         cfg = LMConfig(model="awd_lstm", optimizer="ntasgd", emsize=FLAGS.emsize,
                        nhid=FLAGS.nhid, nlayers=FLAGS.nlayers, batch_size=FLAGS.batch_size,

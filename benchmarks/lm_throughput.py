@@ -26,10 +26,10 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
-from tfawd import config  # noqa: E402
+from tfawd.lm import config  # noqa: E402
 
 flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps before the first round (tracing, caches).")
@@ -94,10 +94,10 @@ class TfawdStep:
         import keras
 
         from pipelines.bptt import bptt_dataset
-        from tfawd import models, training
+        from tfawd.lm import models, training
         keras.utils.set_random_seed(cfg.seed)
         self.model = models.build_model(cfg, len(corpus.vocab))
-        state = training.RunState(self.model, cfg.batch_size, cfg.lr)
+        state = training.LMState(self.model, cfg.batch_size, cfg.lr)
         self.step = training.make_train_step(self.model, training.make_optimizer(cfg), state, cfg)
         self.cfg = cfg
         self.windows = iter(bptt_dataset(corpus.ids["train"], cfg.batch_size, cfg.bptt,
@@ -109,13 +109,13 @@ class TfawdStep:
         return self.ahead.popleft() if self.ahead else next(self.windows)
 
     def compile_ahead(self, steps: int) -> dict:
-        """XLA compiles the fused softmax (tfawd/losses.py) once per window length and process,
+        """XLA compiles the fused softmax (tfawd/nn/losses.py) once per window length and process,
         ~0.35 s each here: a training run pays it in its first minutes, a benchmark of a few
         dozen steps would pay it in most timed steps. Compiles it for the lengths of the next
         `steps` windows, so the timed rounds measure the steady state; returns what it cost."""
         import tensorflow as tf
 
-        from tfawd.losses import decoder_nll
+        from tfawd.nn.losses import decoder_nll
         if self.cfg.softmax != "full":
             return {"skipped": "the adaptive softmax has no XLA-fused function"}
         while len(self.ahead) < steps:
@@ -210,9 +210,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from pipelines import bptt
     from pipelines.lm_corpus import load_corpus
-    from tfawd.evaluation import Evaluator
+    from tfawd.lm.evaluation import Evaluator
     cfg = config.from_flags(FLAGS)
-    from tfawd.training import configure_runtime, vocab_order
+    from tfawd.lm.training import configure_runtime, vocab_order
     configure_runtime(cfg)
     if cfg.model != "awd_lstm":
         FLAGS.reference = False  # the reference is an AWD-LSTM

@@ -12,7 +12,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 from pipelines import bptt  # noqa: E402

@@ -29,16 +29,16 @@ flags.DEFINE_string("window", "100,200", "Steps [START, END) whose mean loss is 
 flags.DEFINE_float("tolerance", 0.01, "Largest relative difference allowed.")
 flags.DEFINE_integer("valid_tokens", 0, "Validation tokens scored (0: the whole split).")
 flags.DEFINE_bool("control", True,
-                  "Also train float32 on standard kernels (tfawd/fusion.py): the same arithmetic "
-                  "rounded in another order. Its differences from the float32 run are the noise "
-                  "floor of the comparison: how far rounding alone moves the curve and the "
-                  "validation perplexity after --steps steps.")
+                  "Also train float32 on standard kernels (tfawd/nn/fusion.py): the same "
+                  "arithmetic rounded in another order. Its differences from the float32 run "
+                  "are the noise floor of the comparison: how far rounding alone moves the "
+                  "curve and the validation perplexity after --steps steps.")
 PRECISIONS = ("float32", "mixed_bfloat16")
 CONTROL = "float32_standard_kernels"
 
 
 def train_and_validate(cfg, corpus) -> dict:
-    from tfawd.evaluation import Evaluator
+    from tfawd.lm.evaluation import Evaluator
     start = time.perf_counter()
     step = TfawdStep(cfg, corpus)
     losses = []
@@ -58,13 +58,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from pipelines.lm_corpus import load_corpus
-    from tfawd.training import vocab_order
+    from tfawd.lm.training import vocab_order
     cfg = config.from_flags(FLAGS)
     lo, hi = (int(v) for v in FLAGS.window.split(","))
     if hi > FLAGS.steps:
         raise app.UsageError(f"--window={FLAGS.window} ends after --steps={FLAGS.steps}")
     corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
-    from tfawd import fusion
+    from tfawd.nn import fusion
     runs = {p: train_and_validate(dataclasses.replace(cfg, precision=p), corpus)
             for p in PRECISIONS}
     if FLAGS.control:

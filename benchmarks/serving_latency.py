@@ -17,7 +17,7 @@ import time
 import wave
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 

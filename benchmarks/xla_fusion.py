@@ -1,9 +1,10 @@
 """Does XLA fusion of the element-wise work speed up the training step? A/B in one process:
 tfawd's training step as it runs (each LSTM step's gate arithmetic forward and backward, and
-the softmax's element-wise work over the [N, V] products, in XLA-fused functions, tfawd/fusion.py)
-against the same step traced inside `fusion.standard_kernels()` (the same arithmetic as
-separate TensorFlow kernels), alternating rounds on the real stream. Prints JSON: tokens/s of
-each round, the median ratio, trace counts, and how far the two steps' losses drift apart.
+the softmax's element-wise work over the [N, V] products, in XLA-fused functions,
+tfawd/nn/fusion.py) against the same step traced inside `fusion.standard_kernels()` (the
+same arithmetic as separate TensorFlow kernels), alternating rounds on the real stream.
+Prints JSON: tokens/s of each round, the median ratio, trace counts, and how far the two
+steps' losses drift apart.
 
   python benchmarks/xla_fusion.py --config=configs/awd_lstm_wt2.cfg \
       --precision=mixed_bfloat16 --steps=5 --rounds=3
@@ -19,7 +20,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from pipelines.lm_corpus import load_corpus
-    from tfawd import config, fusion, training
+    from tfawd.lm import config, training
+    from tfawd.nn import fusion
     cfg = config.from_flags(FLAGS)
     training.configure_runtime(cfg)
     corpus = load_corpus(cfg.dataset, cfg.data_dir, order=training.vocab_order(cfg))

@@ -1,5 +1,5 @@
 """Does XLA (`jit_compile=True`) speed up the LSTM recurrence on this CPU? One layer's forward
-and backward (tfawd/lstm_kernel.py) over a [T, B, 4H] window, graph mode vs XLA, alternating
+and backward (tfawd/nn/lstm_kernel.py) over a [T, B, 4H] window, graph mode vs XLA, alternating
 rounds in one process; prints JSON (seconds per window, first-call compile time).
 
   python benchmarks/xla_recurrence.py --out=results/xla_recurrence.json
@@ -13,7 +13,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfawd import runtime  # noqa: E402
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 
@@ -30,7 +30,7 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from tfawd.lstm_kernel import lstm_recurrence
+    from tfawd.nn.lstm_kernel import lstm_recurrence
     dtype = tf.as_dtype(FLAGS.dtype)
     t, b, h = FLAGS.steps, FLAGS.batch, FLAGS.units
     z = tf.cast(tf.random.normal([t, b, 4 * h]), dtype)

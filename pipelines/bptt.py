@@ -9,10 +9,9 @@ The last window is shortened to end at the column's end, so across an epoch ever
 1..n-1 of every column is a target exactly once (the reference stops one position early).
 The schedule depends only on (seed, epoch): resuming at window k replays the same windows.
 """
-import logging
-
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 MIN_LEN = 5
 STD = 5.0

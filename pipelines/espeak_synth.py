@@ -11,7 +11,6 @@ import ctypes
 import functools
 import importlib.metadata
 import json
-import logging
 import os
 import random
 import re
@@ -20,6 +19,7 @@ import unicodedata
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from pipelines.corpus_files import DataError
 from pipelines.speech_features import CHARACTERS  # noqa: F401  (transcripts use only these)

@@ -6,9 +6,9 @@ exactly as the AWD-LSTM reference code does (whitespace split, then `<eos>` at e
 empty lines included) and maps them to ids with a vocabulary built from the training split.
 """
 import dataclasses
-import logging
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from pipelines import corpus_files
 from pipelines.vocab import Vocabulary, tokenize

@@ -3,7 +3,7 @@ synthetic corpus for fast training tests."""
 import os
 import pathlib
 
-from tfawd import runtime
+from tfawd.core import runtime
 
 runtime.configure_onednn()  # as main.py does, before TensorFlow is imported
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 from pipelines.vocab import Vocabulary
 from tests.test_awd_training import awd_cfg
 from tests.test_training import tiny_cfg
-from tfawd import inference
-from tfawd.models import build_model
-from tfawd.training import RunError, Trainer, train
+from tfawd.lm import inference
+from tfawd.lm.models import build_model
+from tfawd.lm.training import RunError, Trainer, train
 
 ADAPTIVE = dict(softmax="adaptive", adaptive_cutoffs="6,16", adaptive_div=2)
 
@@ -66,7 +66,7 @@ def test_a_run_refuses_another_softmax_and_cutoffs_beyond_the_vocabulary(tiny_co
 
 def test_cache_pointer_and_dynamic_evaluation_run_on_the_adaptive_distribution(tiny_corpus,
                                                                                tmp_path):
-    from tfawd.eval_modes import tune_cache, tune_dynamic_eval
+    from tfawd.lm.modes import tune_cache, tune_dynamic_eval
     cfg = awd_cfg(tmp_path / "run", max_epochs=1, cache_window=20, cache_thetas="0.5",
                   cache_lambdas="0,0.2", dynamic_eval_lrs="0,1e-3", dynamic_eval_lambdas="0",
                   dynamic_eval_grad_batches=3, dynamic_eval_bptt=5, **ADAPTIVE)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
-from tfawd.losses import token_nll
-from tfawd.models import tied_logits
+from tfawd.lm.models import tied_logits
+from tfawd.nn.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
+from tfawd.nn.losses import token_nll
 
 V, E, CUTOFFS, DIV = 23, 8, [5, 12], 2  # clusters [0, 5) d=8, [5, 12) d=4, [12, 23) d=2
 

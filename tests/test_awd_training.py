@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tests.test_training import tiny_cfg
-from tfawd.models import AwdLstmModel
-from tfawd.training import Trainer, finetune, train
+from tfawd.lm.models import AwdLstmModel
+from tfawd.lm.training import Trainer, finetune, train
 
 
 def awd_cfg(model_dir, **kw):
@@ -42,7 +42,7 @@ def test_ar_and_tar_enter_the_gradient(tiny_corpus, tmp_path):
     weights = []
     for i, (alpha, beta) in enumerate([(0.0, 0.0), (50.0, 0.0), (0.0, 50.0)]):
         t = Trainer(awd_cfg(tmp_path / str(i), alpha=alpha, beta=beta, seed=1), tiny_corpus)
-        t.train_step(x, y)
+        t.task.train_step(x, y)
         weights.append(t.model.rnns[-1].kernel.numpy())
     assert not np.allclose(weights[0], weights[1]) and not np.allclose(weights[0], weights[2])
 
@@ -53,10 +53,10 @@ def test_learning_rate_is_scaled_by_window_length(tiny_corpus, tmp_path, variabl
                                                   expected):
     t = Trainer(awd_cfg(tmp_path / "run", bptt=8, lr=5.0, variable_bptt=variable), tiny_corpus)
     ids = tiny_corpus.ids["train"]
-    t.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
+    t.task.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
                  tf.constant(ids[1:4 * length + 1].reshape(4, length)))
-    assert float(t.optimizer.learning_rate) == pytest.approx(expected)
-    assert float(t.state.lr) == 5.0  # the base rate is untouched
+    assert float(t.task.optimizer.learning_rate) == pytest.approx(expected)
+    assert float(t.task.lm.lr) == 5.0  # the base rate is untouched
 
 
 def test_ntasgd_schedule_switches_by_the_rule_and_then_validates_averaged(tiny_corpus, tmp_path,
@@ -65,20 +65,20 @@ def test_ntasgd_schedule_switches_by_the_rule_and_then_validates_averaged(tiny_c
     scripted = iter([5.0, 4.0, 3.0, 3.5, 4.5, 4.6, 2.0])
     seen = []
 
-    def validate():
-        seen.append(t.averaging)
+    def validate(*args):
+        seen.append(t.task.averaging)
         nll = next(scripted)
         return {"nll": nll, "ppl": float(np.exp(nll)), "seconds": 0.0}
 
-    monkeypatch.setattr(t, "validate", validate)
+    monkeypatch.setattr(t.task.evaluator, "evaluate", validate)
     for _ in range(7):
-        t._end_epoch()
+        t.end_epoch()
     # check 5 (4.5) is worse than min(5.0, 4.0), the best but the last 2 -> switch after it
     assert seen == [False] * 5 + [True] * 2
     events = [h["event"] for h in t.history]
     assert events[4] == "switched to averaged SGD" and events.count("switched to averaged SGD") == 1
-    assert float(t.state.lr) == 5.0  # NT-ASGD never anneals
-    assert float(t.state.best_val_nll) == 2.0
+    assert float(t.task.lm.lr) == 5.0  # NT-ASGD never anneals
+    assert float(t.state.best_score) == 2.0
 
 
 def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):
@@ -96,13 +96,13 @@ def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):
 
 def test_steps_are_traced_once_whatever_the_window_lengths(tiny_corpus, tmp_path):
     """Variable-length BPTT must not retrace the training or evaluation step per length."""
-    from tfawd.evaluation import Evaluator
+    from tfawd.lm.evaluation import Evaluator
     t = Trainer(awd_cfg(tmp_path / "run", bptt=8), tiny_corpus)
     ids = tiny_corpus.ids["train"]
     for length in (3, 8, 11, 5):
-        t.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
+        t.task.train_step(tf.constant(ids[:4 * length].reshape(4, length)),
                      tf.constant(ids[1:4 * length + 1].reshape(4, length)))
-    assert t.train_step.experimental_get_tracing_count() == 1
+    assert t.task.train_step.experimental_get_tracing_count() == 1
     evaluator = Evaluator(t.model)
     for bptt in (3, 7):
         evaluator.evaluate(tiny_corpus.ids["valid"], batch_size=2, bptt=bptt)
@@ -111,7 +111,7 @@ def test_steps_are_traced_once_whatever_the_window_lengths(tiny_corpus, tmp_path
 
 @pytest.mark.parametrize("model", ["awd_lstm", "lstm"])
 def test_mixed_bfloat16_keeps_float32_weights_state_and_loss(tiny_corpus, tmp_path, model):
-    from tfawd.models import build_model
+    from tfawd.lm.models import build_model
     kw = dict(model=model, emsize=8, nhid=8 if model == "lstm" else 12)
     fp32 = build_model(awd_cfg(tmp_path / "a", **kw), 30)
     bf16 = build_model(awd_cfg(tmp_path / "b", precision="mixed_bfloat16", **kw), 30)
@@ -125,5 +125,6 @@ def test_mixed_bfloat16_keeps_float32_weights_state_and_loss(tiny_corpus, tmp_pa
     assert all(t.dtype == tf.float32 for layer in s16 for t in layer)
     np.testing.assert_allclose(tf.cast(l16, tf.float32), l32, atol=0.05)
     t = Trainer(awd_cfg(tmp_path / "run", precision="mixed_bfloat16", **kw), tiny_corpus)
-    loss, norm = t.train_step(x, tf.constant(tiny_corpus.ids["train"][1:4 * 6 + 1].reshape(4, 6)))
+    y = tf.constant(tiny_corpus.ids["train"][1:4 * 6 + 1].reshape(4, 6))
+    loss, norm = t.task.train_step(x, y)
     assert loss.dtype == tf.float32 and np.isfinite(float(loss)) and np.isfinite(float(norm))

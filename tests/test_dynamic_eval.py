@@ -3,9 +3,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
-from tfawd.evaluation import Evaluator
-from tfawd.models import AwdLstmModel
+from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
+from tfawd.lm.evaluation import Evaluator
+from tfawd.lm.models import AwdLstmModel
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_adapting_to_a_repetitive_stream_lowers_perplexity_and_weights_are_resto
 
 
 def test_a_long_evaluation_reports_its_progress(setup, monkeypatch, caplog):
-    from tfawd import dynamic_eval
+    from tfawd.lm import dynamic_eval
     corpus, model, rms = setup
     monkeypatch.setattr(dynamic_eval, "LOG_EVERY", 10)
     with caplog.at_level("INFO"):

@@ -21,10 +21,13 @@ import tensorflow as tf
 from pipelines import speech_features
 from pipelines.speech_features import CharVocab
 from pipelines.vocab import EOS, UNK, Vocabulary
-from tfawd import export, inference, las
-from tfawd.export_lm import MAX_WORDS
-from tfawd.las import encoder_frames
-from tfawd.models import AwdLstmModel
+from tfawd.core.serving import next_version, write_models_config
+from tfawd.lm import inference
+from tfawd.lm.export import MAX_WORDS, export_language_model
+from tfawd.lm.models import AwdLstmModel
+from tfawd.speech import las
+from tfawd.speech.export import export_speech_model
+from tfawd.speech.las import encoder_frames
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 RATE, MAX_DECODE = 8000, 10
@@ -184,15 +187,15 @@ def lm(request, tmp_path_factory):
         bias[vocab.unk_id] = 6.0  # <unk> would win everything if it were not masked
         model.decoder_bias.assign(bias)
     base = str(tmp_path_factory.mktemp("exports"))
-    paths = [export.export_language_model(model, vocab, base, "lm") for _ in range(2)]
+    paths = [export_language_model(model, vocab, base, "lm") for _ in range(2)]
     return model, vocab, base, paths
 
 
 def test_language_model_export_contract(lm):
     model, vocab, base, paths = lm
     assert [os.path.basename(p) for p in paths] == ["1", "2"]
-    assert xla_compiled_functions(paths[1]) == []  # standard kernels only (tfawd/fusion.py)
-    assert export.next_version(base, "lm") == 3
+    assert xla_compiled_functions(paths[1]) == []  # standard kernels only (tfawd/nn/fusion.py)
+    assert next_version(base, "lm") == 3
     texts = ["w1 w2 w3", "w4 café", "w5 qqq w6 w7 w8", EOS]
     cli_run = subprocess.Popen(  # saved_model_cli meanwhile, as TF Serving loads the model
         [CLI, "run", "--dir", paths[1], "--tag_set", "serve", "--signature_def", "next_words",
@@ -292,10 +295,10 @@ def test_speech_export_contract(lm, tmp_path):
                                   max_chars_per_frame=0.2)
     model.teacher_forced(tf.zeros([1, 3, 40]), tf.constant([3]), tf.constant([[2]]))
     base = lm[2]
-    path = export.export_speech_model(model, vocab, RATE, MAX_DECODE, base, "las")
+    path = export_speech_model(model, vocab, RATE, MAX_DECODE, base, "las")
     assert os.path.basename(path) == "1"
     assert xla_compiled_functions(path) == []
-    config = open(export.write_models_config(base)).read()
+    config = open(write_models_config(base)).read()
     assert "name: 'las'" in config and "base_path: '/models/lm'" in config
     assert config.startswith("model_config_list {") and config.count("config {") == 2
 
@@ -355,7 +358,8 @@ def test_speech_export_contract(lm, tmp_path):
 def test_export_flags_reach_both_configs():
     from absl import flags
 
-    from tfawd import config, speech_config
+    from tfawd.lm import config
+    from tfawd.speech import config as speech_config
     fv = flags.FlagValues()
     config.define_flags(fv)
     speech_config.define_flags(fv)
@@ -368,7 +372,7 @@ def test_export_flags_reach_both_configs():
 def test_a_bf16_model_is_exported_in_float32(tmp_path):
     """Trained in mixed_bfloat16 (--precision=auto on a CPU with bf16 units), the export still
     computes in float32: its server may lack bf16 units."""
-    from tfawd.models import copy_weights, float32_twin
+    from tfawd.lm.models import copy_weights, float32_twin
     keras.utils.set_random_seed(1)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
@@ -378,10 +382,30 @@ def test_a_bf16_model_is_exported_in_float32(tmp_path):
     finally:
         keras.config.set_dtype_policy(previous)
     vocab = Vocabulary([f"w{i}" for i in range(18)])
-    loaded = tf.saved_model.load(export.export_language_model(model, vocab, str(tmp_path), "lm"))
+    loaded = tf.saved_model.load(export_language_model(model, vocab, str(tmp_path), "lm"))
     got = loaded.signatures["next_words"](text=tf.constant(["w1 w2"]), k=tf.constant(3))
     twin = float32_twin(model)
     copy_weights(model, twin)
     probs = tf.nn.softmax(inference.next_word_scores(twin, [vocab.encode([EOS, "w1", "w2"])]))
     np.testing.assert_allclose(got["probabilities"][0],
                                tf.gather(probs[0], got["ids"][0]).numpy(), atol=1e-6)
+
+
+def test_the_python_api_answers_as_the_serving_signatures(lm):
+    """`tfawd.lm.load(...)`'s object (here built on the same weights) and the SavedModel are
+    two implementations of one contract: the same tokens, log-probabilities, perplexities
+    and next words."""
+    from tfawd.lm.api import LanguageModel
+    model, vocab, _, paths = lm
+    api, served = LanguageModel(model, vocab), tf.saved_model.load(paths[-1]).signatures
+    lines = ["w1 w2 w3", "café w4 nonsense", ""]
+    out = served["score"](text=tf.constant(lines))
+    for i, r in enumerate(api.score(lines)):
+        n = int(out["lengths"][i])
+        assert r["tokens"] == [t.decode() for t in out["tokens"][i, :n].numpy()]
+        np.testing.assert_allclose(r["log_probs"], out["log_probs"][i, :n], rtol=1e-4, atol=1e-5)
+        assert r["perplexity"] == pytest.approx(float(out["perplexity"][i]), rel=1e-4)
+    out = served["next_words"](text=tf.constant(lines), k=tf.constant(4))
+    for i, row in enumerate(api.next_words(lines, k=4)):
+        assert [w for w, _ in row] == [w.decode() for w in out["words"][i].numpy()]
+        np.testing.assert_allclose([p for _, p in row], out["probabilities"][i], rtol=1e-4)

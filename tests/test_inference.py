@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from tests.conftest import make_tiny_corpus
 from tests.test_training import tiny_cfg
-from tfawd import inference
-from tfawd.models import build_model
-from tfawd.training import RunError, train
+from tfawd.lm import inference
+from tfawd.lm.models import build_model
+from tfawd.lm.training import RunError, train
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def sequence_logprobs(model, prompt, continuation):
 
 # -- loading --------------------------------------------------------------------------------
 def test_load_trained_restores_the_best_weights_with_their_validation_score(run):
-    from tfawd.evaluation import Evaluator
+    from tfawd.lm.evaluation import Evaluator
     assert run.vocab.words == run.corpus.vocab.words
     nll = Evaluator(run.model).evaluate(run.corpus.ids["valid"], run.cfg.eval_batch_size,
                                         run.cfg.bptt)["nll"]
@@ -290,9 +290,9 @@ def test_bad_text_prompts_raise_value_errors(run):
 
 
 def test_predict_and_generate_modes_write_their_files_and_record_the_nll(run, tmp_path):
-    from tfawd.config import InferenceConfig
-    from tfawd.eval_modes import generate as generate_mode
-    from tfawd.eval_modes import predict as predict_mode
+    from tfawd.lm.config import InferenceConfig
+    from tfawd.lm.modes import generate as generate_mode
+    from tfawd.lm.modes import predict as predict_mode
     valid = run.corpus.ids["valid"]
     np.save(tmp_path / "ctx.npy", np.stack([valid[i:i + 6] for i in (0, 10, 20)]))
     np.save(tmp_path / "tgt.npy", np.array([valid[i + 6] for i in (0, 10, 20)]))
@@ -315,3 +315,16 @@ def test_predict_and_generate_modes_write_their_files_and_record_the_nll(run, tm
         np.mean([r["mean_nll"] for r in results]))
     with pytest.raises(RunError, match="exactly one of --prompt and --prompts_file"):
         generate_mode(run.cfg, InferenceConfig())
+
+
+def test_load_gives_python_callers_the_trained_model(run):
+    from tfawd import lm
+    api = lm.load(run.cfg.model_dir)  # no flags: the architecture comes from model.json
+    for a, b in zip(api.model.weights, run.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    prompt = " ".join(run.vocab.words[:3])
+    assert api.generate([prompt], num_tokens=4)[0]["tokens"] == inference.generate_text(
+        run.model, run.vocab, [prompt], 4)[0]["tokens"]
+    (line,) = api.score([prompt])
+    assert len(line["tokens"]) == 4 and line["perplexity"] > 1  # 3 words and <eos>
+    assert len(api.next_words([prompt], k=3)[0]) == 3

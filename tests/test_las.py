@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd import las, speech_eval
-from tfawd.speech_training import make_decoder, sequence_loss
+from tfawd.speech import evaluation as speech_eval
+from tfawd.speech import las
+from tfawd.speech.inference import make_decoder
+from tfawd.speech.training import sequence_loss
 
 V = 8  # <pad> <sos> <eos> + 5 characters
 

@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from pipelines.speech_features import CharVocab
 from tests.test_las import assert_padding_changes_nothing, random_batch, tiny_model
-from tfawd import las, speech_training
-from tfawd.speech_config import SpeechConfig
-from tfawd.speech_training import make_decoder
+from tfawd.speech import las
+from tfawd.speech import training as speech_training
+from tfawd.speech.config import SpeechConfig
+from tfawd.speech.inference import build_las, make_decoder
 
 EOS = 2
 
@@ -169,7 +170,7 @@ def test_decode_cap_limits_the_output_length():
 def test_the_flags_reach_the_model_and_its_config():
     cfg = SpeechConfig(listener_units=8, speller_units=8, attention_dim=4, char_embed_dim=4,
                        attention_window=9, attention_window_back=2, max_chars_per_frame=0.3)
-    model = speech_training.build_las(cfg, CharVocab())
+    model = build_las(cfg, CharVocab())
     config = model.get_config()
     assert (config["attention_window"], config["attention_window_back"],
             config["max_chars_per_frame"]) == (9, 2, 0.3)

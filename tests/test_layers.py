@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
-from tfawd.losses import activation_regularization, temporal_activation_regularization
+from tfawd.nn.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
+from tfawd.nn.losses import activation_regularization, temporal_activation_regularization
 
 
 def test_locked_dropout_mask_is_shared_across_time_and_differs_across_rows():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd import fusion
-from tfawd.config import LMConfig
-from tfawd.evaluation import Evaluator
-from tfawd.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
-from tfawd.models import build_model, copy_weights, tied_logits
+from tfawd.lm.config import LMConfig
+from tfawd.lm.evaluation import Evaluator
+from tfawd.lm.models import build_model, copy_weights, tied_logits
+from tfawd.nn import fusion
+from tfawd.nn.losses import clip_gradients, decoder_nll, dedupe_sparse, token_nll
 
 
 def test_dedupe_sparse_sums_repeated_rows_so_the_norm_is_the_dense_norm():

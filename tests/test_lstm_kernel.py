@@ -1,12 +1,12 @@
-"""The hand-written LSTM recurrence (tfawd/lstm_kernel.py) against autodiff of a plain loop."""
+"""The hand-written LSTM recurrence (tfawd/nn/lstm_kernel.py) against autodiff of a plain loop."""
 import contextlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd import fusion
-from tfawd.lstm_kernel import lstm_recurrence
+from tfawd.nn import fusion
+from tfawd.nn.lstm_kernel import lstm_recurrence
 
 
 def plain_lstm(z_in, h0, c0, recurrent):

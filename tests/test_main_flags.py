@@ -52,7 +52,8 @@ def test_config_files_parse(tmp_path):
     """Every committed flagfile is accepted by the flag parser (validators included)."""
     from absl import flags
 
-    from tfawd import config, speech_config
+    from tfawd.lm import config
+    from tfawd.speech import config as speech_config
     for cfg in sorted((REPO / "configs").glob("*.cfg")):
         fv = flags.FlagValues()
         config.define_flags(fv)
@@ -60,3 +61,27 @@ def test_config_files_parse(tmp_path):
         fv([sys.argv[0], f"--flagfile={cfg}"])
         module = speech_config if fv["model"].value == "las" else config
         assert module.from_flags(fv).model_dir, cfg
+
+
+def test_a_trained_run_answers_for_the_flags_not_given(tmp_path):
+    """`--mode=evaluate --model_dir=R` alone: family, data and splits come from R's record;
+    flags given (here --eval_utterances) win; where things are (data_dir) never comes from it."""
+    import json
+
+    from absl import flags
+
+    from tfawd.core.flags import adopt_recorded_flags
+    from tfawd.lm import config
+    from tfawd.speech import config as speech_config
+    (tmp_path / "results.json").write_text(json.dumps({"flags": {
+        "model": "las", "dataset": "spoken_digits", "max_digits": 3, "eval_utterances": 40,
+        "data_dir": "/elsewhere", "seed": 7, "unknown_old_flag": 1}}))
+    fv = flags.FlagValues()
+    config.define_flags(fv)
+    speech_config.define_flags(fv)
+    fv(["main.py", f"--model_dir={tmp_path}", "--eval_utterances=12"])
+    adopted = adopt_recorded_flags(fv, str(tmp_path))
+    assert sorted(adopted) == ["dataset", "max_digits", "model", "seed"]
+    assert (fv.model, fv.dataset, fv.max_digits, fv.seed) == ("las", "spoken_digits", 3, 7)
+    assert fv.eval_utterances == 12 and fv.data_dir != "/elsewhere"
+    assert adopt_recorded_flags(fv, str(tmp_path / "no_run")) == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd.optimizers import NTASGD, nonmonotone_trigger
+from tfawd.nn.optimizers import NTASGD, nonmonotone_trigger
 
 LR, WD = 0.5, 0.25  # dyadic, so float32 -> float64 casts are exact
 

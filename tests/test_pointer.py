@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfawd.models import AwdLstmModel
-from tfawd.pointer import cache_probabilities, evaluate_with_cache, mixed_nll
+from tfawd.lm.models import AwdLstmModel
+from tfawd.lm.pointer import cache_probabilities, evaluate_with_cache, mixed_nll
 
 
 def brute_force(h, y, theta, window):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tfawd import report
+from tfawd.core import readme_tables as report
 
 RUN = {"dataset": "wikitext2", "val_ppl": 100.0, "test_ppl": 95.5, "epochs_completed": 3,
        "train_seconds": 600.0, "train_tokens_per_s": 1234.0, "command": "main.py --flagfile=x",

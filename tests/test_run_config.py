@@ -5,11 +5,11 @@ import json
 import pytest
 
 from tests.test_awd_training import awd_cfg
-from tfawd import inference
-from tfawd.config import LMConfig
-from tfawd.eval_modes import evaluate
-from tfawd.run_dir import RunDir
-from tfawd.training import RunError, train
+from tfawd.core.run_dir import RunDir
+from tfawd.lm import inference
+from tfawd.lm.config import LMConfig
+from tfawd.lm.modes import evaluate
+from tfawd.lm.training import RunError, train
 
 
 @pytest.fixture

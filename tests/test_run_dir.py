@@ -1,7 +1,7 @@
 """The run folder names every file once; the modules that write them use those names."""
 import os
 
-from tfawd.run_dir import RunDir
+from tfawd.core.run_dir import RunDir
 
 
 def test_every_file_of_a_run_folder_has_one_name():
@@ -15,7 +15,7 @@ def test_every_file_of_a_run_folder_has_one_name():
 
 def test_a_trained_run_holds_the_files_it_names(tiny_corpus, tmp_path):
     from tests.test_training import tiny_cfg
-    from tfawd.training import train
+    from tfawd.lm.training import train
     train(tiny_cfg(tmp_path / "run", max_epochs=1), tiny_corpus)
     run = RunDir(str(tmp_path / "run"))
     for path in (run.ckpt, run.best, run.tb, run.flags, run.vocab, run.history, run.commands,

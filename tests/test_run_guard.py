@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from tests.test_training import _weights, tiny_cfg
-from tfawd.run_guard import Interrupted, ModelDirLock, NonFiniteError, RunError
-from tfawd.training import Trainer, train
+from tfawd.core.run_guard import Interrupted, ModelDirLock, NonFiniteError, RunError
+from tfawd.lm.training import Trainer, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOLD = ("import sys, time; from tfawd.run_guard import ModelDirLock; "
+HOLD = ("import sys, time; from tfawd.core.run_guard import ModelDirLock; "
         "lock = ModelDirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)")
 
 
@@ -65,7 +65,7 @@ def test_sigterm_saves_the_current_step_and_the_resumed_run_is_bit_exact(tiny_co
     straight = Trainer(tiny_cfg(tmp_path / "a", max_steps=total), tiny_corpus)
     straight.train()
     first = Trainer(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
-    step, calls = first.train_step, []
+    step, calls = first.task.train_step, []
 
     def terminated_at_the_7th_step(x, y):
         calls.append(1)
@@ -73,7 +73,7 @@ def test_sigterm_saves_the_current_step_and_the_resumed_run_is_bit_exact(tiny_co
             os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-run
         return step(x, y)
 
-    first.train_step = terminated_at_the_7th_step
+    first.task.train_step = terminated_at_the_7th_step
     with pytest.raises(Interrupted, match="stopped by SIGTERM at step 7") as stopped:
         first.train()
     assert stopped.value.exit_code == 128 + signal.SIGTERM
@@ -88,14 +88,14 @@ def test_sigterm_saves_the_current_step_and_the_resumed_run_is_bit_exact(tiny_co
 
 def test_a_non_finite_loss_stops_the_run_and_saves_nothing_of_it(tiny_corpus, tmp_path):
     trainer = Trainer(tiny_cfg(tmp_path / "run", max_steps=40, checkpoint_every=5), tiny_corpus)
-    step, calls = trainer.train_step, []
+    step, calls = trainer.task.train_step, []
 
     def nan_at_the_12th_step(x, y):
         calls.append(1)
         loss, norm = step(x, y)
         return (loss * np.nan, norm) if len(calls) == 12 else (loss, norm)
 
-    trainer.train_step = nan_at_the_12th_step
+    trainer.task.train_step = nan_at_the_12th_step
     with pytest.raises(NonFiniteError, match="loss nan at step 12 .* checkpoint is .*ckpt-10"):
         trainer.train()
     assert trainer.manager.latest_checkpoint.endswith("ckpt-10")

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from tfawd import runtime
-from tfawd.config import LMConfig
-from tfawd.models import build_model
+from tfawd.core import runtime
+from tfawd.lm.config import LMConfig
+from tfawd.lm.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,7 @@ def test_main_records_oneDNN_as_tensorflow_runs_it(user):
     env = {k: v for k, v in os.environ.items() if k != runtime.ONEDNN_VAR}
     if user is not None:
         env[runtime.ONEDNN_VAR] = user
-    code = ("import json, main; from tfawd import runtime; import tensorflow; "
+    code = ("import json, main; from tfawd.core import runtime; import tensorflow; "
             "print(json.dumps(runtime.machine()['onednn']))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True).stdout.strip().splitlines()[-1]

@@ -6,8 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from tfawd import las, speech_training
-from tfawd.speech_config import SpeechConfig
+from tfawd.core.run_guard import RunError
+from tfawd.speech import evaluation as speech_evaluation
+from tfawd.speech import las
+from tfawd.speech import training as speech_training
+from tfawd.speech.config import SpeechConfig
+from tfawd.speech.inference import trained_model_flags
 
 
 def tiny_cfg(data_dir, model_dir, **kw):
@@ -38,7 +42,7 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
     assert first["stopped"] == "max_steps" and first["steps"] == 2
     # resumed: continues from step 2 to the end of the second epoch
     second = speech_training.train(dataclasses.replace(cfg, max_steps=0))
-    assert second["stopped"] == "max_epochs" and second["epochs"] == 2
+    assert second["stopped"] == "max_epochs" and second["epochs_completed"] == 2
     history = json.load(open(tmp_path / "run" / "history.json"))
     steps = [h["step"] for h in history if "train_loss" in h]
     assert steps == sorted(set(steps)) and steps[:2] == [1, 2]
@@ -64,22 +68,34 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
 
 def test_evaluating_an_untrained_folder_is_a_clear_error(data_dir, tmp_path):
     with pytest.raises(RuntimeError, match="train first"):
-        speech_training.evaluate(tiny_cfg(data_dir, tmp_path / "empty"))
+        speech_evaluation.evaluate(tiny_cfg(data_dir, tmp_path / "empty"))
 
 
 def test_a_trained_run_is_evaluated_and_exported_with_its_own_model_flags(tmp_path):
-    """A run made before --attention_window existed keeps decoding without a window, and its
-    network sizes win over a flagfile that has changed since."""
+    """A run made before --attention_window existed (and before model.json) keeps decoding
+    without a window, and its network sizes are used when no flag names them."""
     (tmp_path / "results.json").write_text(json.dumps(
         {"flags": {"listener_units": 64, "frame_stack": 3, "speller_units": 96}}))
     cfg = SpeechConfig(model_dir=str(tmp_path), listener_units=128, attention_window=16,
-                       max_chars_per_frame=0.4, beam_size=7)
-    used = speech_training.trained_model_flags(cfg)
+                       max_chars_per_frame=0.4, beam_size=7, explicit=("beam_size",))
+    used = trained_model_flags(cfg)
     assert (used.listener_units, used.speller_units, used.frame_stack) == (64, 96, 3)
     assert used.attention_window == 0 and used.max_chars_per_frame == 0  # the run predates them
     assert used.beam_size == 7  # decoding search settings stay the caller's
     fresh = SpeechConfig(model_dir=str(tmp_path / "new"), attention_window=16)
-    assert speech_training.trained_model_flags(fresh) is fresh
+    assert trained_model_flags(fresh) is fresh
+
+
+def test_a_conflicting_architecture_flag_is_refused_naming_both_values(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"class": "ListenAttendSpell", "config": {
+        "listener_units": 64, "frame_stack": 3, "pyramid_layers": 0, "speller_units": 96,
+        "attention_dim": 32, "embed_dim": 8, "attention_window": 0,
+        "attention_window_back": 3, "max_chars_per_frame": 0.0}}))
+    cfg = SpeechConfig(model_dir=str(tmp_path), listener_units=128, explicit=("listener_units",))
+    with pytest.raises(RunError, match=r"--listener_units=64 \(now 128\)"):
+        trained_model_flags(cfg)
+    same = trained_model_flags(dataclasses.replace(cfg, listener_units=64))
+    assert (same.speller_units, same.char_embed_dim, same.frame_stack) == (96, 8, 3)
 
 
 def test_with_ema_the_best_weights_are_the_moving_average(data_dir, tmp_path):
@@ -94,3 +110,15 @@ def test_with_ema_the_best_weights_are_the_moving_average(data_dir, tmp_path):
     trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
     for v, a in zip(variables, averaged):  # validated and kept as best: the average
         np.testing.assert_array_equal(v.numpy(), a)
+
+
+def test_load_gives_python_callers_a_recogniser(data_dir, tmp_path):
+    from tfawd import speech
+    speech_training.train(tiny_cfg(data_dir, tmp_path / "run", max_steps=3))
+    rec = speech.load(str(tmp_path / "run"))  # no flags: the architecture is in model.json
+    wavs = sorted(os.path.join(data_dir, "fsdd", "recordings", f)
+                  for f in os.listdir(os.path.join(data_dir, "fsdd", "recordings")))[:2]
+    both = rec.transcribe(wavs)  # two lengths in one padded batch
+    assert both == [rec.transcribe([w])[0] for w in wavs] and all(isinstance(t, str) for t in both)
+    with pytest.raises(RunError, match=r"--listener_units=16 \(now 32\)"):
+        speech.load(str(tmp_path / "run"), listener_units=32)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfawd.config import LMConfig
-from tfawd.eval_modes import evaluate
-from tfawd.training import RunError, Trainer, train
+from tfawd.lm.config import LMConfig
+from tfawd.lm.modes import evaluate
+from tfawd.lm.training import RunError, Trainer, train
 
 
 def tiny_cfg(model_dir, **kw):
@@ -41,12 +41,12 @@ def test_training_learns_and_writes_results_plot_and_tensorboard(tiny_corpus, tm
 
 def test_learning_rate_is_divided_when_validation_does_not_improve(tiny_corpus, tmp_path):
     trainer = Trainer(tiny_cfg(tmp_path / "run", lr=4.0, lr_decay=4.0), tiny_corpus)
-    trainer._end_epoch()  # first validation always improves on +inf
-    assert float(trainer.state.lr) == 4.0
-    trainer.state.best_val_nll.assign(0.0)  # now nothing can improve
-    trainer._end_epoch()
-    assert float(trainer.state.lr) == 1.0
-    assert int(trainer.state.epoch) == 2 and int(trainer.state.window) == 0
+    trainer.end_epoch()  # first validation always improves on +inf
+    assert float(trainer.task.lm.lr) == 4.0
+    trainer.state.best_score.assign(0.0)  # now nothing can improve
+    trainer.end_epoch()
+    assert float(trainer.task.lm.lr) == 1.0
+    assert int(trainer.state.epoch) == 2 and int(trainer.state.batch) == 0
 
 
 def test_max_steps_bounds_the_run_and_a_stop_inside_an_epoch_keeps_its_weights(tiny_corpus,
@@ -77,7 +77,7 @@ def test_a_stop_inside_a_later_epoch_keeps_the_better_of_it_and_the_best_epoch(t
 
 def _weights(trainer):
     return [v.numpy() for v in trainer.model.weights] + [
-        v.numpy() for layer in trainer.state.hidden for v in layer]
+        v.numpy() for layer in trainer.task.lm.hidden for v in layer]
 
 
 @pytest.mark.parametrize("split_at", [3, 7, 60])  # mid-epoch before/at a checkpoint, next epoch
@@ -96,7 +96,7 @@ def test_resume_continues_exactly_where_it_stopped(tiny_corpus, tmp_path, split_
     assert int(resumed.state.epoch) == int(straight.state.epoch)
     for a, b in zip(_weights(straight), _weights(resumed)):
         np.testing.assert_array_equal(a, b)
-    assert float(resumed.state.lr) == float(straight.state.lr)
+    assert float(resumed.task.lm.lr) == float(straight.task.lm.lr)
 
 
 def test_profile_steps_write_a_trace_for_the_tensorboard_profile_tab(tiny_corpus, tmp_path):
@@ -125,12 +125,12 @@ def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
     extra = dict(model="awd_lstm", emsize=16, nhid=16) if model == "awd_lstm" else {}
     trainer = Trainer(tiny_cfg(tmp_path / "run", max_epochs=2, **extra), tiny_corpus)
     trainer.train()
-    best = float(trainer.state.best_val_nll)
+    best = float(trainer.state.best_score)
     names = {n for n, _ in tf.train.list_variables(trainer.best.latest_checkpoint)}
     assert sum(n.startswith("variables/") for n in names) == len(trainer.model.variables)
-    trainer.cfg.max_epochs, trainer.cfg.max_steps = 3, int(trainer.state.step) + 10
+    trainer.settings.max_epochs, trainer.settings.max_steps = 3, int(trainer.state.step) + 10
     trainer.train()  # 10 more steps, stopped inside an epoch: the live weights drift
-    assert trainer.validate()["nll"] != pytest.approx(best, rel=1e-6)
+    assert trainer.task.validate()["nll"] != pytest.approx(best, rel=1e-6)
     stop = trainer.history[-1]  # the check at the stop keeps those weights only if better
     assert stop["partial"] and stop["kept"] == (stop["val_loss"] < best)
     kept = stop["val_loss"] if stop["kept"] else best
@@ -140,7 +140,7 @@ def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
 def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_path):
     """tune_cache picks theta/lambda on validation only; evaluate with the chosen values and
     dynamic evaluation records every method beside the plain figures."""
-    from tfawd.eval_modes import tune_cache, tune_dynamic_eval
+    from tfawd.lm.modes import tune_cache, tune_dynamic_eval
     cfg = tiny_cfg(tmp_path / "run", max_epochs=2, cache_window=30, cache_thetas="0.5,1",
                    cache_lambdas="0,0.2", dynamic_eval_lrs="0,1e-3", dynamic_eval_lambdas="0",
                    dynamic_eval_grad_batches=5, dynamic_eval_bptt=5)

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from tfawd.run_dir import RunDir
+from tfawd.core.run_dir import RunDir
 
 
 class RunError(RuntimeError):

@@ -1,5 +1,11 @@
-"""The speech recogniser's serving signatures (`transcribe_wav`, `transcribe_features`; see
-`tfawd.export` for their inputs and outputs).
+"""The speech recogniser's serving signatures, for TF Serving (layout: `tfawd.core.serving`).
+
+- `transcribe_wav`: wav string [B] (file bytes) -> transcripts string [B], scores float32 [B],
+  attention float32 [B, L, T'], frames int32 [B] (encoder frames of each utterance).
+- `transcribe_features`: features float32 [B, T, 40] (log-mels as `log_mel` computes them),
+  lengths int32 [B] -> the same outputs.
+Bad requests give InvalidArgument errors naming the problem (parameter ranges, not a WAV file,
+wrong sample rate, empty audio, wrong feature size), never a crash.
 
 Each wav is checked (RIFF/WAVE header, the model's sample rate, at least one sample), decoded
 with `tf.audio.decode_wav` (16-bit PCM; first channel, as the training sources read it) and
@@ -8,13 +14,16 @@ utterance. `transcribe_features` takes the log-mels and normalises each utteranc
 `lengths` frames, as training does with precomputed features. Decoding is `greedy` (a
 `tf.while_loop` of at most `max_decode_len` characters); a transcript stops at its `<eos>`.
 """
+
 import keras
 import tensorflow as tf
 
 from pipelines import speech_features
-from pipelines.speech_features import N_MELS
-from tfawd.las import encoder_frames
-from tfawd.serving import save_version
+from pipelines.speech_features import N_MELS, CharVocab
+from tfawd.core.serving import export_name, save_version, write_models_config
+from tfawd.nn import fusion
+from tfawd.speech import inference
+from tfawd.speech.las import encoder_frames
 
 
 class SpeechSignatures:
@@ -85,7 +94,13 @@ class SpeechSignatures:
 
 def export_speech_model(model, char_vocab, sample_rate: int, max_decode_len: int,
                         base_dir: str, name: str) -> str:
-    """Writes the recogniser `model` as the next version of `<base_dir>/<name>`."""
+    """Writes the recogniser `model` as the next version of `<base_dir>/<name>`, traced with
+    standard kernels only (`tfawd.nn.fusion`)."""
+    with fusion.standard_kernels():
+        return _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name)
+
+
+def _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name):
     sig = SpeechSignatures(model, char_vocab, sample_rate, max_decode_len)
     archive = keras.export.ExportArchive()
     # no track(model): LAS has no call(), so Keras never marks it built; the endpoints
@@ -96,3 +111,15 @@ def export_speech_model(model, char_vocab, sample_rate: int, max_decode_len: int
                          [tf.TensorSpec([None, None, None], tf.float32, name="features"),
                           tf.TensorSpec([None], tf.int32, name="lengths")])
     return save_version(archive, base_dir, name)
+
+
+def export_run(cfg) -> str:
+    """`--mode=export --model=las`: the best weights of `cfg.model_dir` (architecture from its
+    model.json), at the sample rate the run recorded in results.json (else the one of its
+    --dataset)."""
+    model, cfg = inference.load_trained(cfg)
+    path = export_speech_model(model, CharVocab(), inference.sample_rate_of(cfg),
+                               cfg.max_decode_len, cfg.export_dir,
+                               export_name(cfg.model_dir, cfg.export_name))
+    print(f"| export | {path} | {write_models_config(cfg.export_dir)}", flush=True)
+    return path

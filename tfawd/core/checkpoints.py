@@ -4,12 +4,38 @@
 the last two kept. `<model_dir>/best`: the weights of the best validation score only.
 """
 import json
-import logging
 
 import tensorflow as tf
+from absl import logging
 
-from tfawd.models import weights_checkpoint
-from tfawd.run_dir import RunDir
+from tfawd.core.run_dir import RunDir
+
+
+def weights_checkpoint(model) -> tf.train.Checkpoint:
+    """A checkpoint of all of the model's state: weights and dropout RNG, in
+    `model.variables` order.
+
+    `tf.train.Checkpoint(model=model)` is not enough with Keras 3: layers kept in a Python
+    list (`self.rnns = [...]`) are not tracked by it and would be silently left out.
+    """
+    return tf.train.Checkpoint(variables=[v.value for v in model.variables])
+
+
+
+def save_config(model, path: str) -> None:
+    """Writes the model's class and `get_config()` beside its weights (`<model_dir>/model.json`;
+    nanoGPT keeps its config in the checkpoint), so a trained run is rebuilt without flags."""
+    config = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name",
+                                                                       "trainable")}
+    with open(path, "w") as f:
+        json.dump({"class": type(model).__name__, "config": config}, f, indent=1)
+        f.write("\n")
+
+
+def load_config(path: str) -> dict:
+    """{"class": ..., "config": ...} as `save_config` wrote it."""
+    with open(path) as f:
+        return json.load(f)
 
 
 class RunCheckpoints:

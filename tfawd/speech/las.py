@@ -23,7 +23,7 @@ decoder caught in a loop stops early on a short utterance.
 import keras
 import tensorflow as tf
 
-from tfawd.layers import WeightDropLSTM
+from tfawd.nn.layers import WeightDropLSTM
 
 NEG = -1e9
 

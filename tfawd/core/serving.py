@@ -1,6 +1,16 @@
-"""The serving base every model's export uses: TF Serving's folder layout
-`<base_dir>/<name>/<version>/` (a new version written aside, then renamed into place) and the
-`models.config` that lists the models of a folder."""
+"""The serving base every model's export uses (issue 7).
+
+Export for TF Serving (issue 7): SavedModels with string-in signatures, in TF Serving's layout.
+
+`--mode=export` writes `<export_dir>/<name>/<version>/` (integer versions; a new export gets
+the next one, TF Serving serves the latest) and `<export_dir>/models.config`, the
+ModelServerConfig text proto listing every model folder for `--model_config_file`. `<name>`
+is `--export_name`, default the basename of `--model_dir`. Each version is written under a
+hidden temporary name and renamed when complete, so a server never sees half an export.
+
+The signatures are the model family's: `tfawd.lm.export` (next_words, score, generate) and
+`tfawd.speech.export` (transcribe_wav, transcribe_features).
+"""
 import os
 import re
 
@@ -43,3 +53,8 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     with open(path, "w") as f:
         f.write(f"model_config_list {{\n{entries}}}\n")
     return path
+
+
+def export_name(model_dir: str, name: str = "") -> str:
+    """`--export_name`, else the basename of `--model_dir`."""
+    return name or os.path.basename(os.path.normpath(model_dir))

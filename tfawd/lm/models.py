@@ -4,15 +4,15 @@ The model is a function of (token ids, recurrent state) -> (logits, new state): 
 carries the state across the windows of the BPTT stream, so the same model serves training
 (batch 20-80), validation (batch 10), testing (batch 1) and prediction without `stateful` layers.
 """
-import json
 
 import keras
 import tensorflow as tf
 
-from tfawd import runtime
-from tfawd.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
-from tfawd.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
-from tfawd.losses import decoder_nll
+from tfawd.core import runtime
+from tfawd.core.checkpoints import load_config
+from tfawd.nn.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
+from tfawd.nn.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
+from tfawd.nn.losses import decoder_nll
 
 
 def tied_logits(h, embeddings, bias):
@@ -273,41 +273,22 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         dst.assign(src)
 
 
-def weights_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
-    """A checkpoint of all of the model's state: weights and dropout RNG, in
-    `model.variables` order.
-
-    `tf.train.Checkpoint(model=model)` is not enough with Keras 3: layers kept in a Python
-    list (`self.rnns = [...]`) are not tracked by it and would be silently left out.
-    """
-    return tf.train.Checkpoint(variables=[v.value for v in model.variables])
-
 
 MODEL_CLASSES = {"LstmLanguageModel": LstmLanguageModel, "AwdLstmModel": AwdLstmModel}
 MODEL_FLAG = {"LstmLanguageModel": "lstm", "AwdLstmModel": "awd_lstm"}
 
 
-def save_config(model: keras.Model, path: str) -> None:
-    """Writes the model's class and `get_config()` (nanoGPT keeps its config with the weights)."""
-    config = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name",
-                                                                       "trainable")}
-    with open(path, "w") as f:
-        json.dump({"class": type(model).__name__, "config": config}, f, indent=1)
-        f.write("\n")
-
 
 def from_saved_config(path: str, precision: str = "float32") -> keras.Model:
     """The model `save_config` described, built (weights at their initial values) and computing
     in `precision` ("auto" resolved for this machine)."""
-    with open(path) as f:
-        saved = json.load(f)
+    saved = load_config(path)
     return built_in(precision, lambda: MODEL_CLASSES[saved["class"]](**saved["config"]))
 
 
 def architecture_flags(path: str) -> dict:
     """The flags (`--model`, `--emsize`, ...) that describe the model of a saved config."""
-    with open(path) as f:
-        saved = json.load(f)
+    saved = load_config(path)
     c = saved["config"]
     out = {"model": MODEL_FLAG[saved["class"]], "emsize": c["emsize"], "nhid": c["nhid"],
            "nlayers": c["nlayers"], "softmax": c.get("softmax", "full")}

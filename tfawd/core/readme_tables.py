@@ -1,7 +1,7 @@
 """README tables generated from the results files of real runs (never typed by hand).
 
-  python -m tfawd.report              # print the tables
-  python -m tfawd.report --write      # replace the generated block of README.md
+  python -m tfawd.core.readme_tables              # print the tables
+  python -m tfawd.core.readme_tables --write      # replace the generated block of README.md
 
 Sources, all under `results/`: `<run>.json` (a training run's results.json, copied there by
 `make train`), `<run>_eval.json` (its eval_results.json: cache pointer, dynamic evaluation),
@@ -218,7 +218,8 @@ def speech_table(results_dir: str = "results") -> str:
         lines.append(
             f"| {r['dataset']} | {_rates(r, 'valid')} | {_rates(r, 'test')} | "
             f"{_rates(r, 'heldout')} | {_diagonality(r['diagonality_first10'])} | "
-            f"{r['epochs']} | {r['train_seconds'] / 60:.0f} min | `{command}` "
+            f"{r.get('epochs_completed', r.get('epochs'))} | "
+            f"{r['train_seconds'] / 60:.0f} min | `{command}` "
             f"([json](results/{name}.json), [attention](results/{name}_attention/)) |")
     return "\n".join(lines)
 

@@ -8,15 +8,12 @@ import dataclasses
 from absl import flags
 
 from pipelines.corpus_files import CORPORA, default_data_dir
-from tfawd import runtime
+from tfawd.core import runtime
+from tfawd.core.flags import MODELS, SPEECH_DATASETS, define_fields
+from tfawd.core.flags import field as _f
 
-MODELS = ("lstm", "awd_lstm", "las")
-SPEECH_DATASETS = ("spoken_digits", "espeak", "manifest", "npy")  # for --model=las
 OPTIMIZERS = ("sgd", "ntasgd")
 
-
-def _f(default, help_text, choices=None):
-    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
 
 
 @dataclasses.dataclass
@@ -199,23 +196,6 @@ class InferenceConfig:
     export_name: str = _f("", "export: the model's name under --export_dir (default: the "
                               "basename of --model_dir).")
 
-
-def define_fields(fields, fv):
-    """One absl flag per dataclass field: enum with choices, else by the field's type."""
-    for field in fields:
-        name, default, meta = field.name, field.default, field.metadata
-        if meta.get("flag") is False:
-            continue
-        if meta["choices"]:
-            flags.DEFINE_enum(name, default, meta["choices"], meta["help"], flag_values=fv)
-        elif field.type is bool:
-            flags.DEFINE_bool(name, default, meta["help"], flag_values=fv)
-        elif field.type is int:
-            flags.DEFINE_integer(name, default, meta["help"], flag_values=fv)
-        elif field.type is float:
-            flags.DEFINE_float(name, default, meta["help"], flag_values=fv)
-        else:
-            flags.DEFINE_string(name, default, meta["help"], flag_values=fv)
 
 
 def define_flags(fv=flags.FLAGS):

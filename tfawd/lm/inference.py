@@ -12,19 +12,19 @@ mid-line. Write `<eos>` explicitly to predict after a line end (a leading `<eos>
 model where training lines start). Prompts may have different lengths: each row's state
 stops exactly at its own last token.
 """
-import logging
 import os
 import weakref
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from pipelines.vocab import EOS, UNK, Vocabulary
-from tfawd.models import architecture_flags, build_model, from_saved_config, weights_checkpoint
-from tfawd.run_dir import RunDir
-from tfawd.training import RunError, flag_mismatches
+from tfawd.core.checkpoints import weights_checkpoint
+from tfawd.core.run_dir import RunDir
+from tfawd.lm.models import architecture_flags, build_model, from_saved_config
+from tfawd.lm.training import RunError, flag_mismatches
 
-log = logging.getLogger(__name__)
 METHODS = ("greedy", "sample")
 _ARCHITECTURE = ("model", "emsize", "nhid", "nlayers", "tie_weights", "softmax", "adaptive_cutoffs",
                  "adaptive_div")
@@ -66,7 +66,7 @@ def load_trained(model_dir: str, cfg):
     else:  # the training checkpoint also holds the optimizer and run state: skip those
         status = tf.train.Checkpoint(model=weights_checkpoint(model)).restore(last)
         status.expect_partial().assert_existing_objects_matched()
-    log.info("Loaded %s (vocabulary of %d words)", best or last, len(vocab))
+    logging.info("Loaded %s (vocabulary of %d words)", best or last, len(vocab))
     return model, vocab
 
 
@@ -80,7 +80,7 @@ def encode_prompt(vocab: Vocabulary, text: str, strict: bool = False) -> np.ndar
         message = f"prompt {text!r}: {len(unknown)} word(s) not in the vocabulary: {unknown}"
         if strict:
             raise ValueError(f"{message}; fix the prompt or pass strict=False to map them to {UNK}")
-        log.warning("%s; mapped to %s", message, UNK)
+        logging.warning("%s; mapped to %s", message, UNK)
     return vocab.encode(words)
 
 

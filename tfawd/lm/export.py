@@ -1,5 +1,21 @@
-"""The language model's serving signatures (`next_words`, `score`, `generate`; see
-`tfawd.export` for their inputs and outputs). Everything runs in the graph with standard kernels:
+"""The language model's serving signatures, for TF Serving (layout: `tfawd.core.serving`).
+
+Vocabulary, tokenisation and `<unk>` mapping are in the graph (a `tf.lookup.StaticHashTable`),
+whitespace split as in training:
+- `next_words` (also `serving_default`): text string [B], k int32 [] -> words string [B, k],
+  probabilities float32 [B, k], ids int32 [B, k]: the k most likely next words (never `<unk>`).
+- `score`: text string [B] -> tokens string [B, N], log_probs float32 [B, N] (0 past a line's
+  end), lengths int32 [B], perplexity float32 [B], num_unknown int32 [B]: every word of the line
+  and its closing `<eos>` scored, as training scores lines.
+- `generate`: prompt string [B], num_tokens int32 [], temperature float32 [] (0: greedy),
+  top_k int32 [] (0: all), top_p float32 [] in (0, 1], seed int64 [] -> text string [B],
+  tokens string [B, num_tokens], log_probs float32 [B, num_tokens]; `<unk>` is never drawn.
+A line is read in the start-of-line context of training: `<eos>` then its words, so an empty or
+whitespace-only line is the distribution of a line's first word. Lines longer than `max_words`
+(default `MAX_WORDS`) are cut to their last `max_words` words. Invalid bytes are
+replaced (U+FFFD), so such words are unknown words.
+
+Everything runs in the graph with standard kernels:
 tokenisation (`tf.strings.split`), the vocabulary (`tf.lookup.StaticHashTable`, unknown words
 to `<unk>`), the model, and generation (`inference.sampling_loop`, a `tf.while_loop` carrying the
 LSTM state). Bad parameters fail `tf.debugging` assertions (InvalidArgument naming them)
@@ -10,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.vocab import EOS, UNK
-from tfawd import inference
-from tfawd.models import copy_weights, float32_twin
-from tfawd.serving import save_version
+from tfawd.core.serving import export_name, save_version, write_models_config
+from tfawd.lm import inference
+from tfawd.lm.models import copy_weights, float32_twin
+from tfawd.nn import fusion
 
 MAX_WORDS = 256  # a line is cut to its last MAX_WORDS words (logits are [B, words, V])
 MAX_GENERATE = 1024  # most tokens one generate request may ask for
@@ -116,7 +133,13 @@ def export_language_model(model, vocab, base_dir: str, name: str,
                           max_words: int = MAX_WORDS) -> str:
     """Writes `model` (an LM of `vocab`) as the next version of `<base_dir>/<name>`, in
     float32 whatever precision it trained in: the server may lack bf16 units (then bf16 is
-    emulated), and serving's small batches run faster in float32 on CPUs anyway."""
+    emulated), and serving's small batches run faster in float32 on CPUs anyway. Traced with
+    standard kernels only: TF Serving runs no XLA by default (`tfawd.nn.fusion`)."""
+    with fusion.standard_kernels():
+        return _export(model, vocab, base_dir, name, max_words)
+
+
+def _export(model, vocab, base_dir, name, max_words):
     if model.compute_dtype != "float32":
         twin = float32_twin(model)
         copy_weights(model, twin)
@@ -137,3 +160,13 @@ def export_language_model(model, vocab, base_dir: str, name: str,
         spec([], tf.float32, name="temperature"), spec([], tf.int32, name="top_k"),
         spec([], tf.float32, name="top_p"), spec([], tf.int64, name="seed")])
     return save_version(archive, base_dir, name)
+
+
+def export_run(cfg, inf) -> str:
+    """`--mode=export` for the language models: the trained run of `cfg.model_dir`, to
+    `inf.export_dir`."""
+    model, vocab = inference.load_trained(cfg.model_dir, cfg)
+    path = export_language_model(model, vocab, inf.export_dir,
+                                 export_name(cfg.model_dir, inf.export_name))
+    print(f"| export | {path} | {write_models_config(inf.export_dir)}", flush=True)
+    return path

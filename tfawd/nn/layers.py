@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-from tfawd.lstm_kernel import lstm_recurrence, lstm_step
+from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step
 
 
 def dropout_mask(shape, rate, seed_generator, dtype):

@@ -18,7 +18,7 @@ under mixed precision), softmaxes and losses in float32 (float64 for float64 inp
 import keras
 import tensorflow as tf
 
-from tfawd.layers import dropout_mask
+from tfawd.nn.layers import dropout_mask
 
 
 def cluster_layout(vocab_size, dim, cutoffs, div, dim_name="output_dim"):
@@ -68,7 +68,7 @@ class AdaptiveEmbedding(keras.layers.Layer):
     per token is that of its cluster.
 
     `dropout` is AWD-LSTM's embedding dropout (Merity et al. 2017, section 4.3), as
-    `tfawd.layers.EmbeddingDropout`: during training each word is dropped with probability
+    `tfawd.nn.layers.EmbeddingDropout`: during training each word is dropped with probability
     `dropout` for the whole call (every occurrence embeds to zero), kept words are scaled by
     1 / (1 - dropout).
 

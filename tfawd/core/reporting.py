@@ -9,8 +9,8 @@ import sys
 import keras
 import matplotlib
 
-from tfawd import runtime
-from tfawd.run_dir import RunDir
+from tfawd.core import runtime
+from tfawd.core.run_dir import RunDir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -79,6 +79,11 @@ def plot_loss_curve(history: list, path: str, title: str = "") -> str:
     return path
 
 
+def line(*fields) -> None:
+    """One line of a run's report on stdout, the style of every tfawd run: `| a | b | c`."""
+    print("| " + " | ".join(str(f) for f in fields), flush=True)
+
+
 class LogLines:
     """Progbar's interface as plain log lines, for output that is not a terminal."""
 
@@ -87,14 +92,26 @@ class LogLines:
 
     def update(self, current, values=()):
         info = " - ".join(f"{k}: {v:.4g}" for k, v in values)
-        print(f"{current}/{self.total} - {info}", flush=True)
+        of = f"/{self.total}" if self.total else ""
+        print(f"{current}{of} - {info}", flush=True)
 
 
-def progress_bar(total: int, current: int):
+class _Bar:
+    """A Keras progress bar showing each value as logged (not averaged over the epoch)."""
+
+    def __init__(self, total, current):
+        self.total, self.current, self.bar = total, current, None
+
+    def update(self, current, values=()):
+        if self.bar is None:
+            self.bar = keras.utils.Progbar(self.total, stateful_metrics=[k for k, _ in values])
+            if self.current:
+                self.bar.update(self.current)
+        self.bar.update(current, list(values))
+
+
+def progress_bar(total: int | None, current: int):
     """A Keras progress bar on a terminal, log lines otherwise (Progbar assumes a terminal)."""
     if not sys.stdout.isatty():
         return LogLines(total)
-    bar = keras.utils.Progbar(total, stateful_metrics=["loss", "ppl", "tok/s", "lr"])
-    if current:
-        bar.update(current)
-    return bar
+    return _Bar(total, current)

@@ -8,8 +8,9 @@ import dataclasses
 
 from absl import flags
 
-from tfawd import config
-from tfawd.config import SPEECH_DATASETS, _f
+from pipelines.corpus_files import default_data_dir
+from tfawd.core.flags import SPEECH_DATASETS, define_fields
+from tfawd.core.flags import field as _f
 
 SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed",
           "max_epochs", "max_steps", "time_budget_min", "log_every", "beam_size", "export_dir",
@@ -90,6 +91,10 @@ class SpeechConfig:
                                          "cannot run to --max_decode_len on a short utterance)."
                                          " 0: off. Spoken digits and eSpeak reach at most "
                                          "about 0.27 per 10 ms frame.")
+    # Flags given on the command line or in a flagfile; a trained run's own architecture is
+    # checked against those only (`inference.trained_model_flags`); None (a config built in
+    # code): every field counts as given.
+    explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
 
 
 SPEECH_ONLY = [f for f in dataclasses.fields(SpeechConfig) if f.name not in SHARED]
@@ -97,8 +102,9 @@ PROBABILITIES = ("teacher_forcing", "teacher_forcing_final", "label_smoothing")
 
 
 def define_flags(fv=flags.FLAGS):
-    """Defines the speech-only flags (after `config.define_flags`)."""
-    config.define_fields(SPEECH_ONLY, fv)
+    """Defines the speech-only flags (after `tfawd.lm.config.define_flags`, which defines
+    the shared ones)."""
+    define_fields(SPEECH_ONLY, fv)
     for name in ("train_utterances", "eval_utterances", "max_digits", "listener_units",
                  "speller_units", "attention_dim", "char_embed_dim", "max_decode_len",
                  "teacher_forcing_epochs", "frame_stack"):
@@ -127,7 +133,10 @@ def define_flags(fv=flags.FLAGS):
 
 
 def from_flags(fv=flags.FLAGS) -> SpeechConfig:
-    cfg = SpeechConfig(**{f.name: fv[f.name].value for f in dataclasses.fields(SpeechConfig)})
+    names = [f.name for f in dataclasses.fields(SpeechConfig)
+             if f.metadata.get("flag") is not False]
+    cfg = SpeechConfig(**{n: fv[n].value for n in names},
+                       explicit=tuple(sorted(n for n in names if fv[n].present)))
     if cfg.data_dir is None:
-        cfg.data_dir = config.default_data_dir()
+        cfg.data_dir = default_data_dir()
     return cfg

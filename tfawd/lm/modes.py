@@ -21,14 +21,14 @@ import typing
 import tensorflow as tf
 
 from pipelines.lm_corpus import Corpus, load_corpus
-from tfawd import reporting
-from tfawd.config import float_list
-from tfawd.dynamic_eval import DynamicEvaluator, gradient_rms
-from tfawd.evaluation import Evaluator, split_metrics
-from tfawd.inference import load_trained
-from tfawd.pointer import evaluate_with_cache
-from tfawd.run_dir import RunDir
-from tfawd.training import RunError
+from tfawd.core import reporting
+from tfawd.core.run_dir import RunDir
+from tfawd.lm.config import float_list
+from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
+from tfawd.lm.evaluation import Evaluator, split_metrics
+from tfawd.lm.inference import load_trained
+from tfawd.lm.pointer import evaluate_with_cache
+from tfawd.lm.training import RunError
 
 
 class LoadedRun(typing.NamedTuple):
@@ -152,7 +152,7 @@ def tune_dynamic_eval(cfg, corpus=None) -> dict:
 
 # -- prediction and generation (seed 003's interface) --------------------------------------
 def _inference_model(cfg):
-    from tfawd import inference
+    from tfawd.lm import inference
     return inference.load_trained(cfg.model_dir, cfg)
 
 
@@ -165,7 +165,7 @@ def predict(cfg, inf) -> dict:
     .npy; with `--targets`, the mean NLL of the prediction."""
     import numpy as np
 
-    from tfawd import inference
+    from tfawd.lm import inference
     if not inf.contexts:
         raise RunError("--mode=predict needs --contexts (a .npy of ids or a text file)")
     model, vocab = _inference_model(cfg)
@@ -194,7 +194,7 @@ def generate(cfg, inf) -> list:
     """`--mode=generate`: a continuation of `--num_tokens` words for `--prompt` or each line
     of `--prompts_file`, one line per prompt in `--output`, with the mean NLL of each."""
     from pipelines.vocab import EOS, UNK
-    from tfawd import inference
+    from tfawd.lm import inference
     if bool(inf.prompt) == bool(inf.prompts_file):
         raise RunError("--mode=generate needs exactly one of --prompt and --prompts_file")
     prompts = [inf.prompt]

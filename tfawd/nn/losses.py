@@ -3,7 +3,7 @@ import math
 
 import tensorflow as tf
 
-from tfawd import fusion
+from tfawd.nn import fusion
 
 
 def token_nll(logits, targets):

@@ -20,8 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines.bptt import bptt_dataset
-from tfawd import fusion
-from tfawd.losses import perplexity, token_nll
+from tfawd.nn import fusion
+from tfawd.nn.losses import perplexity, token_nll
 
 
 def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_batches: int = 0):

@@ -28,7 +28,7 @@ Gate order (i, f, g, o), the order of `keras.layers.LSTM` and of PyTorch's `nn.L
 """
 import tensorflow as tf
 
-from tfawd import fusion
+from tfawd.nn import fusion
 
 
 def _gates(z):

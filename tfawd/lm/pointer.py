@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
-from tfawd.losses import perplexity
+from tfawd.nn.losses import perplexity
 
 
 def collect(model, ids, batch_size: int, bptt: int):

@@ -9,8 +9,8 @@ import time
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
-from tfawd.losses import perplexity
-from tfawd.models import copy_weights, float32_twin
+from tfawd.lm.models import copy_weights, float32_twin
+from tfawd.nn.losses import perplexity
 
 # At or below this batch size a mixed-precision model is scored by its float32 twin: faster
 # there (batch 1: ~2.8x, benchmarks/lm_throughput.py's eval figures) and exact.

@@ -1,0 +1,345 @@
+"""Training a language model on the BPTT stream: the language model's `Task` for the one
+training loop (`tfawd.core.loop`), resumable at any checkpoint.
+
+One `tf.function` step: forward over a window from the carried state, cross-entropy (+ AR and
+TAR), gradients, global-norm clipping, optimizer update, new state stored (no gradient flows
+across windows). Each epoch ends with validation and the schedule: with `--optimizer=sgd` the
+learning rate is divided by `lr_decay` when validation does not improve; with `ntasgd` the
+non-monotone trigger switches to averaged SGD, whose averaged weights are then the ones
+validated and kept. The best weights are kept in `<model_dir>/best`; `finetune` restarts
+averaging from them (AWD-LSTM's finetune.py).
+
+Everything a run needs to continue exactly is in the checkpoint: weights, optimizer, the
+loop's counters (epoch, window within the epoch, global step, best validation loss), the
+learning rate, the carried LSTM state and the dropout RNG state (`LMState`). Re-running with
+the same `--model_dir` resumes from it.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from pipelines import bptt
+from pipelines.lm_corpus import Corpus, load_corpus
+from pipelines.vocab import Vocabulary
+from tfawd.core import reporting
+from tfawd.core.checkpoints import save_config
+from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
+from tfawd.core.run_dir import RunDir
+from tfawd.core.run_guard import ModelDirLock, RunError
+from tfawd.lm.evaluation import Evaluator, split_metrics
+from tfawd.lm.models import build_model
+from tfawd.nn.losses import (
+    activation_regularization,
+    clip_gradients,
+    perplexity,
+    temporal_activation_regularization,
+)
+from tfawd.nn.optimizers import NTASGD, nonmonotone_trigger
+
+# Flags a checkpoint cannot be resumed under a different value of.
+RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size",
+                "softmax", "adaptive_cutoffs", "adaptive_div")
+
+
+def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
+    """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
+    path = RunDir(model_dir).flags
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    return [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in keys
+            if k in saved and saved[k] != getattr(cfg, k)]
+
+
+def check_resumable(cfg, model_dir: str) -> None:
+    """Refuses to reuse a model_dir trained with other shapes (see `record_shapes`)."""
+    diff = flag_mismatches(cfg, model_dir)
+    if diff:
+        raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
+                       f"use those flags to resume it, or a new --model_dir")
+
+
+def record_shapes(cfg, model_dir: str) -> None:
+    path = RunDir(model_dir).flags
+    if not os.path.exists(path):
+        reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
+
+
+class LMState(tf.Module):
+    """What the language model's checkpoint holds besides the loop's counters: the base
+    learning rate (SGD's decay changes it) and the LSTM state carried across windows."""
+
+    def __init__(self, model, batch_size, lr):
+        super().__init__()
+        self.lr = tf.Variable(lr, dtype=tf.float64, trainable=False)
+        self.hidden = [tuple(tf.Variable(t, trainable=False) for t in layer)
+                       for layer in model.initial_state(batch_size)]
+
+    def reset_hidden(self):
+        for layer in self.hidden:
+            for v in layer:
+                v.assign(tf.zeros_like(v))
+
+
+def vocab_order(cfg) -> str:
+    """Word ids by frequency for an adaptive softmax (its clusters are id ranges), else in
+    first-appearance order as the reference."""
+    return "frequency" if cfg.softmax == "adaptive" else "first"
+
+
+def configure_runtime(cfg) -> None:
+    """TensorFlow's thread pools as `cfg` asks (before the first op runs)."""
+    if cfg.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+    if cfg.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+
+
+def make_optimizer(cfg):
+    """sgd: Keras SGD (its weight decay equals coupled L2 for plain SGD); ntasgd: NT-ASGD."""
+    if cfg.optimizer == "ntasgd":
+        return NTASGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay)
+    return keras.optimizers.SGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay or None)
+
+
+def make_train_step(model, optimizer, state: LMState, cfg):
+    """The compiled training step: (inputs [B, T], targets [B, T]) -> (loss, grad norm).
+
+    loss = cross-entropy + AR + TAR (AWD-LSTM 4.6); the reported loss is the cross-entropy.
+    With variable-length windows the learning rate is scaled by T / bptt (section 4.1) so
+    that short windows do not take as large a step as full ones.
+    """
+    batch_size = state.hidden[0][0].shape[0]
+    spec = tf.TensorSpec([batch_size, None], tf.int32)  # any window length: traced once
+    if not optimizer.built:  # variables created inside the first call would force a retrace
+        optimizer.build(model.trainable_variables)
+    regularize = bool(cfg.alpha or cfg.beta)
+
+    @tf.function(input_signature=[spec, spec])
+    def train_step(x, y):
+        scale = tf.cast(tf.shape(x)[1], tf.float32) / cfg.bptt if cfg.variable_bptt else 1.0
+        optimizer.learning_rate.assign(tf.cast(state.lr, tf.float32) * scale)
+        states = [tuple(v.read_value() for v in layer) for layer in state.hidden]
+        with tf.GradientTape() as tape:
+            if regularize:
+                nll, new_states, acts = model(x, states, training=True, targets=y,
+                                              return_activations=True)
+            else:
+                nll, new_states = model(x, states, training=True, targets=y)
+            loss = tf.reduce_mean(nll)
+            total = loss
+            if cfg.alpha:
+                total += activation_regularization(acts["dropped_last"], cfg.alpha)
+            if cfg.beta:
+                total += temporal_activation_regularization(acts["raw_last"], cfg.beta)
+        grads = tape.gradient(total, model.trainable_variables)
+        grads, norm = clip_gradients(grads, cfg.clip)
+        optimizer.apply(grads, model.trainable_variables)
+        for layer_vars, layer_values in zip(state.hidden, new_states):
+            for v, value in zip(layer_vars, layer_values):
+                v.assign(value)
+        return loss, norm
+
+    return train_step
+
+
+class LanguageModelTask(Task):
+    """The language model for the loop: BPTT windows of the training stream (the LSTM state
+    carried from one to the next), cross-entropy + AR/TAR steps, validation perplexity, and
+    the schedule (SGD's lr decay or NT-ASGD's switch to averaging)."""
+
+    unit = "tokens"
+
+    def __init__(self, cfg, corpus: Corpus, model, finetuning: bool = False):
+        self.cfg, self.corpus, self.model, self.finetuning = cfg, corpus, model, finetuning
+        self.evaluator = Evaluator(model)
+        self.optimizer = make_optimizer(cfg)
+        self.optimizer.build(model.trainable_variables)
+        self.lm = LMState(model, cfg.batch_size, cfg.lr)
+        self.train_step = make_train_step(model, self.optimizer, self.lm, cfg)
+        self._norms = []
+
+    def state(self) -> dict:
+        return {"lm": self.lm}
+
+    def epoch_batches(self, epoch, start):
+        cfg, ids = self.cfg, self.corpus.ids["train"]
+        if start == 0:
+            self.lm.reset_hidden()
+        kw = dict(seed=cfg.seed, epoch=epoch, variable=cfg.variable_bptt, max_len=cfg.bptt_max_len)
+        return (bptt.bptt_dataset(ids, cfg.batch_size, cfg.bptt, start_window=start, **kw),
+                bptt.num_windows(len(ids), cfg.batch_size, cfg.bptt, **kw))
+
+    def step(self, batch, step):
+        x, y = batch
+        loss, norm = self.train_step(x, y)  # the step has run: reading them costs nothing
+        return {"loss": float(loss), "gradient norm": float(norm)}, y.shape[0] * y.shape[1]
+
+    def log_entry(self, means, rate, epoch):
+        loss, lr = means["loss"], float(self.lm.lr)
+        tf.summary.scalar("loss", loss)
+        tf.summary.scalar("perplexity", min(perplexity(loss), FLOAT32_MAX))  # a float32
+        tf.summary.scalar("learning_rate", lr)
+        tf.summary.scalar("grad_norm", means["gradient norm"])
+        tf.summary.scalar("tokens_per_s", rate)
+        return {"train_loss": loss, "train_ppl": perplexity(loss), "lr": lr,
+                "tokens_per_s": rate}
+
+    def validate(self) -> dict:
+        cfg = self.cfg
+        result = self.evaluator.evaluate(self.corpus.ids["valid"], cfg.eval_batch_size, cfg.bptt)
+        return {**result, "score": result["nll"], "averaged": self.averaging}
+
+    def validation_entry(self, result):
+        tf.summary.scalar("loss", result["nll"])
+        tf.summary.scalar("perplexity", min(result["ppl"], FLOAT32_MAX))
+        return {"val_loss": result["nll"], "val_ppl": result["ppl"], "lr": float(self.lm.lr),
+                "averaged": result["averaged"]}
+
+    def describe(self, result):
+        return f"valid ppl {result['ppl']:.2f}{' (averaged)' if result['averaged'] else ''}"
+
+    @property
+    def averaging(self) -> bool:
+        return isinstance(self.optimizer, NTASGD) and self.optimizer.is_averaging
+
+    def averaged_weights(self):
+        """Context in which the model holds NT-ASGD's averaged weights (if averaging)."""
+        if isinstance(self.optimizer, NTASGD):
+            return self.optimizer.averaged_weights()
+        return contextlib.nullcontext()
+
+    def end_epoch(self, result, improved, history):
+        """NT-ASGD's switch to averaging, or SGD's lr decay; converged when fine-tuning's
+        averaged checks meet the non-monotone condition."""
+        cfg, averaged = self.cfg, result["averaged"]
+        # The non-monotone rule compares with the earlier checks of the same kind (as the
+        # reference, fine-tuning does not count the score of the weights it started from).
+        earlier = [h["val_loss"] for h in history if "val_loss" in h
+                   and h.get("averaged", False) == averaged and not h.get("initial")
+                   and not h.get("partial")]
+        triggered = nonmonotone_trigger(earlier, result["nll"], cfg.nonmono)
+        if cfg.optimizer == "ntasgd" and not averaged and triggered:
+            self.optimizer.switch_to_averaging()
+            return "switched to averaged SGD", False
+        if cfg.optimizer == "sgd" and not improved and cfg.lr_decay > 1:
+            self.lm.lr.assign(float(self.lm.lr) / cfg.lr_decay)
+            return f"lr -> {float(self.lm.lr):g}", False
+        return "", averaged and self.finetuning and triggered
+
+
+class Trainer(Loop):
+    """The loop of one language-model `model_dir`: data, model, task, checkpoints, logs."""
+
+    def __init__(self, cfg, corpus: Corpus | None = None, init_from: str | None = None):
+        """`init_from`: a weights checkpoint to fine-tune from when `model_dir` has none yet;
+        the run then averages from its first step (the reference's finetune.py)."""
+        self.cfg = cfg
+        check_resumable(cfg, cfg.model_dir)
+        keras.utils.set_random_seed(cfg.seed)
+        run = RunDir(cfg.model_dir)
+        vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
+        if corpus is None:
+            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
+        elif vocab is not None and vocab.words != corpus.vocab.words:
+            raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
+                           f"use a new --model_dir")
+        os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
+        record_shapes(cfg, cfg.model_dir)
+        corpus.vocab.save(run.vocab)
+        try:
+            model = build_model(cfg, len(corpus.vocab))
+        except ValueError as e:  # flags the model cannot be built with
+            raise RunError(str(e)) from None
+        if not os.path.exists(run.model):  # the architecture, with the weights
+            save_config(model, run.model)
+        self.corpus, self.model = corpus, model
+        super().__init__(LanguageModelTask(cfg, corpus, model, init_from is not None),
+                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
+                                    cfg.time_budget_min, cfg.log_every, cfg.checkpoint_every,
+                                    cfg.profile_range()))
+        if self.resumed:
+            logging.info("Resumed at epoch %d, window %d, step %d", int(self.state.epoch),
+                         int(self.state.batch), int(self.state.step))
+        if init_from and not self.manager.latest_checkpoint:
+            self._start_finetuning(init_from)
+
+    def _start_finetuning(self, init_from):
+        """Loads the trained weights, restarts averaging, and scores them as the best so far,
+        so fine-tuning only ever replaces them with better ones."""
+        self.best.checkpoint.restore(init_from).assert_consumed()
+        self.task.optimizer.switch_to_averaging()
+        result = self.task.validate()
+        self.state.best_score.assign(result["score"])
+        self.best.save(checkpoint_number=0)
+        self.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
+                             "val_ppl": result["ppl"], "lr": float(self.task.lm.lr),
+                             "averaged": True, "initial": True, "score": result["score"],
+                             "event": f"loaded {init_from}"})
+        print(f"| fine-tuning {init_from} | valid ppl {result['ppl']:.2f}", flush=True)
+
+    def train(self) -> str:
+        """Trains until an epoch, step or time bound; returns why it stopped."""
+        return self.run()
+
+    def evaluate_best(self) -> dict:
+        """Validation and test metrics of the best weights (the last ones if never validated)."""
+        weights = self.restore_best()
+        return {"weights": weights, **split_metrics(self.task.evaluator, self.corpus, self.cfg,
+                                                    test=self.cfg.final_test)}
+
+
+def train(cfg, corpus: Corpus | None = None) -> dict:
+    """Trains (or resumes), evaluates the best weights, writes results.json and the plot."""
+    return _run(cfg, corpus)
+
+
+def finetune(cfg, corpus: Corpus | None = None) -> dict:
+    """`--mode=finetune`: from the best weights in `model_dir`, averaged SGD again until the
+    non-monotone condition fires on the averaged validation checks (the reference's
+    finetune.py); runs in `<model_dir>/finetune`, keeps the better model there."""
+    run = RunDir(cfg.model_dir)
+    parent = tf.train.latest_checkpoint(run.best)
+    if not parent:
+        raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
+    child = dataclasses.replace(cfg, model_dir=run.finetune.path,
+                                optimizer="ntasgd")
+    os.makedirs(child.model_dir, exist_ok=True)
+    if os.path.exists(run.vocab):
+        shutil.copy(run.vocab, run.finetune.vocab)
+    return _run(child, corpus, init_from=parent)
+
+
+def _run(cfg, corpus, init_from=None) -> dict:
+    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
+        return _run_locked(cfg, corpus, init_from)
+
+
+def _run_locked(cfg, corpus, init_from) -> dict:
+    start = time.perf_counter()
+    trainer = Trainer(cfg, corpus, init_from)
+    reporting.record_command(cfg.model_dir)
+    stopped = trainer.train()
+    metrics = trainer.evaluate_best()
+    plot = reporting.plot_loss_curve(trainer.history, RunDir(cfg.model_dir).loss_curve,
+                                     f"{cfg.model} on {cfg.dataset}")
+    metrics.update({
+        "stopped": stopped, **trainer.summary(),
+        "wall_seconds_this_run": time.perf_counter() - start,
+        "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
+        "history": os.path.basename(RunDir(cfg.model_dir).history),
+    })
+    path = reporting.write_results(cfg.model_dir, cfg, metrics)
+    test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
+    print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "
+          f"{test} | {path}", flush=True)
+    return metrics
+

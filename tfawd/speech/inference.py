@@ -1,0 +1,149 @@
+"""A trained recogniser, the model only (no optimizer, no training step): built from the run's
+`model.json` (the architecture saved with the weights), its best weights restored.
+"""
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from pipelines import speech_features
+from pipelines.speech_features import CharVocab
+from tfawd.core.checkpoints import load_config, weights_checkpoint
+from tfawd.core.run_dir import RunDir
+from tfawd.core.run_guard import RunError
+from tfawd.speech.las import ListenAttendSpell
+
+
+def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
+    model = ListenAttendSpell(len(vocab), vocab.sos_id, vocab.eos_id, cfg.listener_units,
+                              cfg.speller_units, cfg.attention_dim, cfg.char_embed_dim,
+                              cfg.pyramid_layers, cfg.frame_stack, cfg.attention_window,
+                              cfg.attention_window_back, cfg.max_chars_per_frame)
+    model.teacher_forced(tf.zeros([1, 4, speech_features.N_MELS]), tf.constant([4]),
+                         tf.constant([[vocab.eos_id]]))
+    return model
+
+
+BATCH_SPEC = (tf.TensorSpec([None, None, speech_features.N_MELS], tf.float32),
+              tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.int32))
+
+
+def make_decoder(model, max_len: int, beam_size: int = 1):
+    """(features, frames) -> (tokens [B, max_len], scores [B], attention [B, max_len, T'])."""
+    @tf.function(input_signature=BATCH_SPEC[:2])
+    def decode(features, frames):
+        if beam_size == 1:
+            return model.greedy(features, frames, max_len)
+        return model.beam_search(features, frames, max_len, beam_size)
+    return decode
+
+
+# Flags that define the trained network and how it attends and decodes, and the
+# ListenAttendSpell config keys that hold them.
+MODEL_FLAGS = {"listener_units": "listener_units", "frame_stack": "frame_stack",
+               "pyramid_layers": "pyramid_layers", "speller_units": "speller_units",
+               "attention_dim": "attention_dim", "char_embed_dim": "embed_dim",
+               "attention_window": "attention_window",
+               "attention_window_back": "attention_window_back",
+               "max_chars_per_frame": "max_chars_per_frame"}
+
+
+def _saved_model_flags(cfg) -> dict | None:
+    """The MODEL_FLAGS of the run in `cfg.model_dir`: from its model.json, else (runs older
+    than it) the flags in its results.json, a flag the run predates taking its default;
+    None when the folder holds no run."""
+    run = RunDir(cfg.model_dir)
+    if os.path.exists(run.model):
+        saved = load_config(run.model)["config"]
+        return {flag: saved[key] for flag, key in MODEL_FLAGS.items()}
+    if os.path.exists(run.results):
+        with open(run.results) as f:
+            saved = json.load(f).get("flags", {})
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        return {k: saved.get(k, defaults[k]) for k in MODEL_FLAGS}
+    return None
+
+
+def trained_model_flags(cfg):
+    """`cfg` with the architecture of the run in `cfg.model_dir`, so that evaluating or
+    exporting it needs no architecture flags; unchanged when the folder holds no run yet.
+    Architecture flags the user gave (`cfg.explicit`; every field of a config built in code)
+    must agree with the run's: a conflict is refused naming both values."""
+    values = _saved_model_flags(cfg)
+    if values is None:
+        return cfg
+    given = values if cfg.explicit is None else cfg.explicit
+    conflicts = [f"--{k}={v} (now {getattr(cfg, k)})" for k, v in values.items()
+                 if k in given and getattr(cfg, k) != v]
+    if conflicts:
+        raise RunError(f"--model_dir={cfg.model_dir} was trained with {', '.join(conflicts)}; "
+                       f"drop those flags (the run's own are read from its model.json)")
+    return dataclasses.replace(cfg, **values)
+
+
+def load_trained(cfg) -> tuple:
+    """(model, cfg with the run's architecture) of the trained run in `cfg.model_dir`: the
+    model only, its best weights restored."""
+    best = tf.train.latest_checkpoint(RunDir(cfg.model_dir).best)
+    if not best:
+        raise RunError(f"no trained weights in {cfg.model_dir}/best: train first")
+    cfg = trained_model_flags(cfg)
+    model = build_las(cfg, CharVocab())
+    weights_checkpoint(model).restore(best).assert_consumed()
+    return model, cfg
+
+
+class Recognizer:
+    """A trained recogniser for Python callers: `transcribe(wav_paths)` -> transcripts.
+
+      from tfawd import speech
+      rec = speech.load("runs/las_digits")
+      rec.transcribe(["a.wav", "b.wav"])  # ["three one", "nine"]
+    """
+
+    def __init__(self, model, cfg, sample_rate: int):
+        self.model, self.cfg, self.vocab, self.sample_rate = model, cfg, CharVocab(), sample_rate
+        beam = getattr(cfg, "beam_size", 1)
+        self._decode = make_decoder(model, cfg.max_decode_len, beam)
+
+    def features(self, wav_path: str):
+        """Log-mels of one WAV file at the model's sample rate, normalised as in training."""
+        audio, rate = tf.audio.decode_wav(tf.io.read_file(wav_path))
+        if int(rate) != self.sample_rate:
+            raise ValueError(f"{wav_path}: {int(rate)} Hz, the model was trained on "
+                             f"{self.sample_rate} Hz audio; resample it first")
+        return speech_features.normalise(speech_features.log_mel(audio[:, 0], self.sample_rate))
+
+    def transcribe(self, wav_paths) -> list:
+        feats = [self.features(p) for p in wav_paths]
+        frames = tf.constant([int(f.shape[0]) for f in feats], tf.int32)
+        batch = tf.stack([tf.pad(f, [[0, int(max(frames)) - f.shape[0]], [0, 0]])
+                          for f in feats])
+        tokens, _, _ = self._decode(batch, frames)
+        return [self.vocab.decode(t) for t in tokens.numpy()]
+
+
+def sample_rate_of(cfg) -> int:
+    """The sample rate the run of `cfg.model_dir` trained on (its results.json), else the one
+    of its --dataset."""
+    results = RunDir(cfg.model_dir).results
+    rate = 0
+    if os.path.exists(results):
+        with open(results) as f:
+            rate = int(json.load(f).get("sample_rate") or 0)
+    if not rate:
+        from tfawd.speech.data import sources
+        rate = sources(cfg)[1]
+    if not rate:
+        raise ValueError(f"--dataset={cfg.dataset} has no audio: its sample rate is unknown")
+    return rate
+
+
+def load(model_dir: str, **flags) -> Recognizer:
+    """The trained recogniser of `model_dir` (decoding settings such as beam_size,
+    max_decode_len may be given as keyword arguments)."""
+    from tfawd.speech.config import SpeechConfig
+    cfg = SpeechConfig(model_dir=model_dir, explicit=tuple(flags), **flags)
+    model, cfg = load_trained(cfg)
+    return Recognizer(model, cfg, sample_rate_of(cfg))

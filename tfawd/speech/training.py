@@ -1,0 +1,213 @@
+"""Training and evaluating the Listen-Attend-Spell recogniser (`--model=las`; issue 6).
+
+The step and the decoders are `tf.function`s traced once (shape-polymorphic signatures):
+cross-entropy with label smoothing over the unpadded characters (plus, with
+--guided_attention, that weight times `las.guided_attention_loss`, which is logged as
+`train_guided_attention` whether or not it is weighted in), Adam with global-norm clipping,
+teacher forcing on a linear schedule per epoch. Each epoch ends with greedy decoding of the
+validation split (CER/WER to TensorBoard with the attention images of its first utterances)
+and keeps the weights of the best validation CER in `best/`. A run resumes from
+`ckpt/` at the batch where it stopped (weights, optimizer, epoch, batch, best CER).
+
+At the end the best weights decode every evaluation split greedily and with beam search, and
+the run writes results.json (CER/WER per split, diagonality), attention PNGs and
+attention.npy for the first 10 validation utterances, and a training-curve PNG.
+"""
+import contextlib
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from pipelines import speech_features
+from pipelines.speech_features import CharVocab
+from tfawd.core import reporting
+from tfawd.core.checkpoints import save_config
+from tfawd.core.loop import Loop, LoopConfig, Task
+from tfawd.core.run_dir import RunDir
+from tfawd.core.run_guard import ModelDirLock
+from tfawd.speech import evaluation as speech_eval
+from tfawd.speech.data import featurized
+from tfawd.speech.evaluation import N_ATTENTION, eval_batches, evaluate_splits, transcribe
+from tfawd.speech.inference import BATCH_SPEC, build_las, make_decoder
+from tfawd.speech.las import encoder_frames, guided_attention_loss
+
+
+def teacher_forcing_rate(cfg, epoch: int) -> float:
+    """Linear from --teacher_forcing to --teacher_forcing_final over --teacher_forcing_epochs."""
+    frac = min(1.0, epoch / max(cfg.teacher_forcing_epochs, 1))
+    return cfg.teacher_forcing + frac * (cfg.teacher_forcing_final - cfg.teacher_forcing)
+
+
+def sequence_loss(logits, labels, smoothing: float):
+    """Mean label-smoothed cross-entropy over the non-pad characters (pad id 0)."""
+    mask = tf.cast(labels > 0, tf.float32)
+    targets = tf.one_hot(labels, tf.shape(logits)[-1]) * (1 - smoothing) + smoothing / tf.cast(
+        tf.shape(logits)[-1], tf.float32)
+    nll = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+    return tf.reduce_sum(nll * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def make_train_step(model, optimizer, cfg):
+    """(features, frames, labels, teacher forcing rate, seed [2]) -> (cross-entropy, guided
+    attention loss before its weight); minimises cross-entropy + --guided_attention times
+    the latter; traced once."""
+    optimizer.build(model.trainable_variables)
+    listener = model.listener
+
+    @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
+                                               tf.TensorSpec([2], tf.int32)))
+    def step(features, frames, labels, rate, seed):
+        with tf.GradientTape() as tape:
+            logits, attention = model.teacher_forced(features, frames, labels, rate, seed,
+                                                     training=True)
+            loss = sequence_loss(logits, labels, cfg.label_smoothing)
+            guided = guided_attention_loss(
+                attention, tf.reduce_sum(tf.cast(labels > 0, tf.int32), axis=1),
+                encoder_frames(frames, listener.frame_stack, listener.pyramid_layers),
+                cfg.guided_attention_width)
+            total = loss + cfg.guided_attention * guided if cfg.guided_attention else loss
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss, guided
+    return step
+
+
+class SpeechTask(Task):
+    """The recogniser for the loop: shuffled (optionally SpecAugmented) batches per epoch,
+    teacher-forced steps at the epoch's teacher-forcing rate and learning rate, and greedy
+    decoding of the validation split scored by CER (the best is the lowest)."""
+
+    unit = "frames"
+
+    def __init__(self, cfg, vocab, data, model):
+        self.cfg, self.vocab, self.data, self.model = cfg, vocab, data, model
+        self.optimizer = keras.optimizers.Adam(cfg.lr, global_clipnorm=cfg.clip or None,
+                                               use_ema=cfg.ema_decay > 0,
+                                               ema_momentum=cfg.ema_decay or 0.99)
+        self.train_step = make_train_step(model, self.optimizer, cfg)
+        self.greedy = make_decoder(model, cfg.max_decode_len)
+        self.rate = teacher_forcing_rate(cfg, 0)
+
+    def epoch_batches(self, epoch, start):
+        cfg = self.cfg
+        self.rate = teacher_forcing_rate(cfg, epoch)
+        self.optimizer.learning_rate.assign(cfg.lr * cfg.lr_epoch_decay ** epoch)
+        seed = cfg.seed * 1000 + epoch
+        batches = speech_features.batches(self.data["train"], cfg.batch_size, shuffle_seed=seed,
+                                          augment_seed=seed if cfg.spec_augment else None)
+        return batches.skip(start), None
+
+    def step(self, batch, step):
+        seed = tf.constant([self.cfg.seed, step], tf.int32)
+        loss, guided = self.train_step(batch["features"], batch["frames"], batch["labels"],
+                                       self.rate, seed)
+        return ({"loss": float(loss), "guided attention": float(guided)},
+                int(tf.reduce_sum(batch["frames"])))
+
+    def log_entry(self, means, rate, epoch):
+        entry = {"train_loss": means["loss"], "train_guided_attention": means["guided attention"],
+                 "frames_per_s": rate, "teacher_forcing": self.rate,
+                 "lr": float(self.optimizer.learning_rate.numpy())}
+        tf.summary.scalar("loss", entry["train_loss"])
+        tf.summary.scalar("guided_attention", entry["train_guided_attention"])
+        tf.summary.scalar("frames_per_s", rate)
+        tf.summary.scalar("teacher_forcing", self.rate)
+        return entry
+
+    def validate(self) -> dict:
+        result = transcribe(self.greedy, eval_batches(self.data["valid"], self.cfg.batch_size),
+                            self.vocab, self.cfg.frame_stack, self.cfg.pyramid_layers)
+        scores = speech_eval.error_rates(result["hyps"], result["refs"])
+        scores.update(speech_eval.diagonality(result["attention"], result["out_lengths"],
+                                              result["frames"]))
+        return {"scores": scores, "score": scores["cer"], "decoded": result}
+
+    def validation_entry(self, result):
+        """CER, WER and diagonality to TensorBoard, with the attention images of the first
+        validation utterances."""
+        scores, decoded = result["scores"], result["decoded"]
+        for k in ("cer", "wer", "monotonic", "monotonic_within_tolerance", "near_peak_mass"):
+            tf.summary.scalar(k, scores[k])
+        pics = [speech_eval.attention_image(a, steps, r) for a, steps, r in zip(
+            decoded["attention"], decoded["steps"], decoded["refs"])][:N_ATTENTION]
+        for i, pic in enumerate(pics):
+            tf.summary.image(f"attention/valid_{i:02d}", pic[None])
+        return {f"val_{k}": v for k, v in scores.items()}
+
+    def describe(self, result):
+        s = result["scores"]
+        return f"valid CER {s['cer']:.4f} WER {s['wer']:.4f} monotonic {s['monotonic']:.3f}"
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within: the model holds the moving average of its weights (--ema_decay; else
+        nothing changes); the trained weights come back on exit."""
+        if not self.optimizer.use_ema:
+            yield
+            return
+        variables = self.model.trainable_variables
+        kept = [tf.identity(v) for v in variables]
+        self.optimizer.finalize_variable_values(variables)
+        try:
+            yield
+        finally:
+            for v, value in zip(variables, kept):
+                v.assign(value)
+
+
+class SpeechTrainer(Loop):
+    """The loop of one recogniser `model_dir`: data, model, task, checkpoints, logs."""
+
+    def __init__(self, cfg):
+        self.cfg, self.vocab = cfg, CharVocab()
+        keras.utils.set_random_seed(cfg.seed)
+        self.data, self.sample_rate = featurized(cfg, self.vocab)
+        self.model = build_las(cfg, self.vocab)
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        if not os.path.exists(RunDir(cfg.model_dir).model):  # the architecture, with the weights
+            save_config(self.model, RunDir(cfg.model_dir).model)
+        super().__init__(SpeechTask(cfg, self.vocab, self.data, self.model),
+                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
+                                    cfg.time_budget_min, cfg.log_every))
+        if self.resumed:
+            logging.info("Resumed at epoch %d, batch %d", int(self.state.epoch),
+                         int(self.state.batch))
+
+    def train(self) -> str:
+        """Trains until an epoch, step or time bound; returns why it stopped."""
+        return self.run()
+
+    def averaged_weights(self):
+        return self.task.averaged_weights()
+
+    def evaluate_best(self) -> dict:
+        """Every evaluation split with the best weights (`evaluation.evaluate_splits`)."""
+        if self.restore_best() != "best":
+            raise RuntimeError(f"no trained weights in {self.cfg.model_dir}/best: train first")
+        return evaluate_splits(self.model, self.vocab, self.data, self.cfg, self.task.greedy)
+
+
+def train(cfg) -> dict:
+    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
+        return _train_locked(cfg)
+
+
+def _train_locked(cfg) -> dict:
+    start = time.perf_counter()
+    trainer = SpeechTrainer(cfg)
+    reporting.record_command(cfg.model_dir)
+    stopped = trainer.train()
+    if not trainer.best.latest_checkpoint:  # stopped before its first validation
+        trainer.best.save()
+    metrics = trainer.evaluate_best()
+    metrics.update(stopped=stopped, **trainer.summary(),
+                   wall_seconds_this_run=round(time.perf_counter() - start, 1),
+                   sample_rate=trainer.sample_rate)
+    speech_eval.plot_history(trainer.history, RunDir(cfg.model_dir).loss_curve,
+                             f"LAS on {cfg.dataset}")
+    path = reporting.write_results(cfg.model_dir, cfg, metrics)
+    reporting.line("final", f"valid CER {metrics['valid_greedy']['cer']:.4f}", path)
+    return metrics
