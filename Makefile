@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
 	touch $@
 
-## Train + evaluate the CPU-sized language model and speech model (about 1 h in all on a
+## Train + evaluate the CPU-sized language model and speech model (about 2 h 20 min in all on a
 ## 2-core EPYC with AVX512_BF16, 3 h on AVX2-only CPUs or the AMX Xeon: README.md, by class).
 train: train-lm train-speech
 
