@@ -5,8 +5,12 @@ Library code takes a config dataclass (`tfawd.lm.config.LMConfig`,
 `tfawd.speech.config.SpeechConfig`); only `main.py` touches absl.
 """
 import dataclasses
+import json
+import os
 
 from absl import flags
+
+from tfawd.core.run_dir import RunDir
 
 MODELS = ("lstm", "awd_lstm", "las")  # --model: the language models, then the recogniser
 SPEECH_DATASETS = ("spoken_digits", "espeak", "manifest", "npy")  # --dataset for --model=las
@@ -44,10 +48,6 @@ NOT_ADOPTED = ("mode", "model_dir", "data_dir", "export_dir", "export_name", "pr
 def recorded_flags(model_dir: str) -> dict:
     """The flags the run in `model_dir` trained with: its results.json's `flags` (all of
     them), else its flags.json (those recorded when it started), else none."""
-    import json
-    import os
-
-    from tfawd.core.run_dir import RunDir
     run = RunDir(model_dir)
     for path, key in ((run.results, "flags"), (run.flags, None)):
         if os.path.exists(path):

@@ -20,9 +20,11 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from pipelines.speech_features import CharVocab
 from tfawd.core import reporting
 from tfawd.core.run_dir import RunDir
 from tfawd.speech import inference
+from tfawd.speech.data import featurized
 from tfawd.speech.inference import make_decoder
 from tfawd.speech.las import encoder_frames
 
@@ -197,8 +199,6 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
 def evaluate(cfg) -> dict:
     """`--mode=evaluate --model=las`: the trained run of `cfg.model_dir` (its own
     architecture, best weights) on every evaluation split; writes evaluation.json."""
-    from pipelines.speech_features import CharVocab
-    from tfawd.speech.data import featurized
     model, cfg = inference.load_trained(cfg)
     vocab = CharVocab()
     data, _ = featurized(cfg, vocab)

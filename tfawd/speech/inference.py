@@ -104,8 +104,7 @@ class Recognizer:
 
     def __init__(self, model, cfg, sample_rate: int):
         self.model, self.cfg, self.vocab, self.sample_rate = model, cfg, CharVocab(), sample_rate
-        beam = getattr(cfg, "beam_size", 1)
-        self._decode = make_decoder(model, cfg.max_decode_len, beam)
+        self._decode = make_decoder(model, cfg.max_decode_len, cfg.beam_size)
 
     def features(self, wav_path: str):
         """Log-mels of one WAV file at the model's sample rate, normalised as in training."""
