@@ -81,6 +81,40 @@ def test_ntasgd_schedule_switches_by_the_rule_and_then_validates_averaged(tiny_c
     assert float(t.state.best_score) == 2.0
 
 
+def test_ntasgd_switches_when_the_time_budget_is_ending(tiny_corpus, tmp_path, monkeypatch):
+    """--average_last_min: a run still improving every epoch averages its last minutes."""
+    t = Trainer(awd_cfg(tmp_path / "run", nonmono=2, time_budget_min=60, average_last_min=10),
+                tiny_corpus)
+    scripted, left = iter([5.0, 4.0, 3.0, 2.5, 2.4]), iter([40.0, 25.0, 10.5, 9.5, 3.0])
+    monkeypatch.setattr(t.task.evaluator, "evaluate", lambda *a: {
+        "nll": next(scripted), "ppl": 1.0, "seconds": 0.0})
+    monkeypatch.setattr(t, "minutes_left", lambda: next(left))
+    seen = []
+    for _ in range(5):
+        seen.append(t.task.averaging)
+        t.end_epoch()
+    assert seen == [False] * 4 + [True]  # validation always improved: the budget decided
+    assert [h["event"] for h in t.history][3] == \
+        "switched to averaged SGD (9.5 min of the budget left)"
+
+
+def test_budget_averaging_is_off_by_default(tiny_corpus, tmp_path, monkeypatch):
+    t = Trainer(awd_cfg(tmp_path / "run", nonmono=2, time_budget_min=60), tiny_corpus)
+    scripted = iter([5.0, 4.0, 3.0])
+    monkeypatch.setattr(t.task.evaluator, "evaluate", lambda *a: {
+        "nll": next(scripted), "ppl": 1.0, "seconds": 0.0})
+    monkeypatch.setattr(t, "minutes_left", lambda: 0.5)
+    for _ in range(3):
+        t.end_epoch()
+    assert not t.task.averaging
+
+
+def test_loop_minutes_left_counts_down_the_budget(tiny_corpus, tmp_path):
+    t = Trainer(awd_cfg(tmp_path / "run", time_budget_min=30), tiny_corpus)
+    assert 29.9 < t.minutes_left() <= 30
+    assert Trainer(awd_cfg(tmp_path / "r2"), tiny_corpus).minutes_left() is None
+
+
 def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):
     sizes = dict(emsize=16, nhid=32, lr=30.0, nonmono=1)
     trained = train(awd_cfg(tmp_path / "run", max_epochs=3, **sizes), tiny_corpus)

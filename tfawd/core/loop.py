@@ -93,9 +93,11 @@ class Task:
         """The validation as one log-line field, e.g. 'valid ppl 98.20'."""
         raise NotImplementedError
 
-    def end_epoch(self, result: dict, improved: bool, history: list) -> tuple[str, bool]:
-        """The schedule after an epoch's validation (`history`: the checks before it):
-        (event to log, converged). `validation_entry` is asked after it."""
+    def end_epoch(self, result: dict, improved: bool, history: list,
+                  minutes_left: float | None = None) -> tuple[str, bool]:
+        """The schedule after an epoch's validation (`history`: the checks before it;
+        `minutes_left`: of the time budget, None without one): (event to log, converged).
+        `validation_entry` is asked after it."""
         return "", False
 
     def averaged_weights(self):
@@ -134,7 +136,8 @@ class Loop:
             return self._run(signals, profiler)
 
     def _run(self, signals, profiler) -> str:
-        cfg, st, start = self.settings, self.state, time.perf_counter()
+        cfg, st = self.settings, self.state
+        start = self._start = time.perf_counter()
         while int(st.epoch) < cfg.max_epochs:
             if cfg.max_steps and int(st.step) >= cfg.max_steps:
                 return "max_steps"
@@ -167,6 +170,14 @@ class Loop:
             if self.end_epoch():
                 return "converged"
         return "max_epochs"
+
+    def minutes_left(self) -> float | None:
+        """Of `time_budget_min` (counted from this process's `run()`), None without a budget."""
+        if not self.settings.time_budget_min:
+            return None
+        start = getattr(self, "_start", None)  # None: run() has not started
+        elapsed = 0.0 if start is None else time.perf_counter() - start
+        return self.settings.time_budget_min - elapsed / 60
 
     def _stop_reason(self, start):
         cfg = self.settings
@@ -235,7 +246,8 @@ class Loop:
         when the schedule says training has converged."""
         st = self.state
         result, improved = self._validate(partial=False)
-        event, converged = self.task.end_epoch(result, improved, self.history)
+        event, converged = self.task.end_epoch(result, improved, self.history,
+                                               minutes_left=self.minutes_left())
         event = event or ("best so far" if improved else "")
         self.history.append(self._validation_entry(result, event=event))
         seconds = f" | {result['seconds']:.0f}s" if "seconds" in result else ""

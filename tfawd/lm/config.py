@@ -75,6 +75,10 @@ class LMConfig:
     wdecay: float = _f(0.0, "L2 weight decay.")
     nonmono: int = _f(5, "ntasgd: switch to averaging when validation is worse than the best "
                          "of all checks but the last nonmono.")
+    average_last_min: float = _f(0.0, "ntasgd with --time_budget_min: also switch to averaging "
+                                      "at the first epoch end that leaves less than this many "
+                                      "minutes of the budget, for budgets too short for the "
+                                      "non-monotone trigger to fire (0: the trigger alone).")
     clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
     seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
     # Evaluation extras (--mode=evaluate / tune_cache / tune_dynamic_eval)
@@ -131,7 +135,8 @@ class LMConfig:
 POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_batch_size",
             "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono",
             "dynamic_eval_bptt")
-NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "alpha", "beta", "wdecay",
+NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "average_last_min",
+                "alpha", "beta", "wdecay",
                 "cache_window", "cache_theta", "dynamic_eval_lr", "dynamic_eval_lambda",
                 "dynamic_eval_tune_tokens", "dynamic_eval_grad_batches")
 FLOAT_LISTS = ("cache_thetas", "cache_lambdas", "dynamic_eval_lrs", "dynamic_eval_lambdas")
@@ -232,6 +237,12 @@ def define_flags(fv=flags.FLAGS):
     flags.register_validator("profile_steps", _valid_profile_steps,
                              "--profile_steps must be START,END with 0 <= START < END",
                              flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["average_last_min", "optimizer", "time_budget_min"],
+        lambda d: not d["average_last_min"] or (d["optimizer"] == "ntasgd"
+                                                and d["average_last_min"] < d["time_budget_min"]),
+        "--average_last_min needs --optimizer=ntasgd and a longer --time_budget_min",
+        flag_values=fv)
     flags.register_multi_flags_validator(
         ["tie_weights", "nhid", "emsize"],
         lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
