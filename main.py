@@ -3,6 +3,7 @@
   python main.py --flagfile=configs/lstm_base_wt2_cpu.cfg              # train + evaluate
   python main.py --flagfile=configs/lstm_base_wt2_cpu.cfg --mode=evaluate
 """
+import contextlib
 import sys
 
 from tfawd.core import runtime
@@ -11,6 +12,7 @@ runtime.configure_onednn()  # before TensorFlow is imported (tfawd/core/runtime.
 
 from absl import app, flags  # noqa: E402
 
+from tfawd.core import distribute  # noqa: E402
 from tfawd.core.flags import adopt_recorded_flags  # noqa: E402
 from tfawd.core.run_guard import Interrupted  # noqa: E402
 from tfawd.lm import config  # noqa: E402
@@ -28,7 +30,9 @@ flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache
                   "under --export_dir.")
 config.define_flags()
 speech_config.define_flags()
+distribute.define_flags(flags.FLAGS)
 FLAGS = flags.FLAGS
+TRAINING_MODES = ("train", "finetune")  # what --distribute spreads; the chief does the rest
 
 
 def main(argv):
@@ -37,13 +41,17 @@ def main(argv):
     from pipelines.corpus_files import DataError
     if FLAGS.mode != "train":  # a trained run's folder answers for its own flags
         adopt_recorded_flags(FLAGS, FLAGS.model_dir)
+    if not chief_of_this_mode():
+        return
     if FLAGS.model == "las":
         return speech(DataError)
     from tfawd.lm import export, training
     from tfawd.lm import modes as eval_modes
     cfg = config.from_flags(FLAGS)
-    training.configure_runtime(cfg)
-    modes = {"train": training.train, "finetune": training.finetune,
+    training.configure_runtime(cfg)  # before the strategy starts TensorFlow's runtime
+    dist = make_distribution()
+    modes = {"train": lambda c: training.train(c, distribution=dist),
+             "finetune": lambda c: training.finetune(c, distribution=dist),
              "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
              "tune_dynamic_eval": eval_modes.tune_dynamic_eval,
              "predict": lambda c: eval_modes.predict(c, config.inference_from_flags(FLAGS)),
@@ -53,12 +61,53 @@ def main(argv):
     if FLAGS.mode in ("predict", "generate", "export"):
         user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
     try:
-        modes[FLAGS.mode](cfg)
+        with lost_workers_reported(dist):
+            modes[FLAGS.mode](cfg)
     except Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
         print(f"| {e}", flush=True)
         sys.exit(e.exit_code)
     except user_errors as e:
         sys.exit(f"error: {e}")
+
+
+def chief_of_this_mode() -> bool:
+    """--distribute=multi_worker spreads training; any other mode runs on the chief alone
+    (worker 0), and the other workers end at once."""
+    if FLAGS.distribute != "multi_worker" or FLAGS.mode in TRAINING_MODES:
+        return True
+    import os
+    try:
+        worker, _ = distribute.cluster_position(os.environ.get("TF_CONFIG", ""))
+    except distribute.RunError as e:
+        sys.exit(f"error: {e}")
+    if worker:
+        print(f"| worker {worker}: --mode={FLAGS.mode} runs on the chief (worker 0) only",
+              flush=True)
+    return worker == 0
+
+
+def make_distribution():
+    """The strategy of --distribute for the training modes (one process otherwise)."""
+    if FLAGS.mode not in TRAINING_MODES:
+        return distribute.local()
+    try:
+        return distribute.make(distribute.from_flags(FLAGS))
+    except distribute.RunError as e:
+        sys.exit(f"error: {e}")
+
+
+@contextlib.contextmanager
+def lost_workers_reported(dist):
+    """A collective that fails because another worker stopped: one clear line, not a trace."""
+    try:
+        yield
+    except distribute.COLLECTIVE_ERRORS as e:
+        if dist.num_workers == 1:
+            raise
+        reason = (e.message or type(e).__name__).strip().splitlines()[0][:300]
+        sys.exit(f"error: worker {dist.worker} lost the other workers ({type(e).__name__}: "
+                 f"{reason}); restart every worker with the same command to resume from the "
+                 f"last checkpoint in --model_dir")
 
 
 def speech(data_error):
@@ -70,8 +119,15 @@ def speech(data_error):
     if FLAGS.mode not in modes:
         sys.exit(f"error: --mode={FLAGS.mode} is not available for --model=las "
                  f"(one of {', '.join(modes)})")
+    runtime.set_threads(FLAGS.inter_op_threads, FLAGS.intra_op_threads)
+    if FLAGS.mode == "train":
+        dist = make_distribution()
+        modes["train"] = lambda c: speech_training.train(c, distribution=dist)
+    else:
+        dist = distribute.local()
     try:
-        modes[FLAGS.mode](speech_config.from_flags(FLAGS))
+        with lost_workers_reported(dist):
+            modes[FLAGS.mode](speech_config.from_flags(FLAGS))
     except Interrupted as e:
         print(f"| {e}", flush=True)
         sys.exit(e.exit_code)

@@ -112,8 +112,10 @@ class Loop:
     `Interrupted`). A non-finite or diverged step stops the run before anything of it is
     saved (`run_guard.check_finite`)."""
 
-    def __init__(self, task: Task, cfg: LoopConfig):
-        self.task, self.settings = task, cfg
+    def __init__(self, task: Task, cfg: LoopConfig, distribution=None):
+        """`distribution` (`tfawd.core.distribute.Distribution`): the workers agree on every
+        decision taken from a clock, a signal or a score; None: one process."""
+        self.task, self.settings, self.distribution = task, cfg, distribution
         self.state = RunState()
         ckpts = RunCheckpoints(task.model, cfg.model_dir, optimizer=task.optimizer,
                                run=self.state, **task.state())
@@ -153,10 +155,10 @@ class Loop:
                 pending.add(values, units)
                 st.step.assign_add(1)
                 st.batch.assign_add(1)
-                stop = signals.received or self._stop_reason(start)
+                stop = self._agreed_stop(signals, start)
                 if int(st.step) % cfg.log_every == 0 or stop:
                     self._log(pending, bar)
-                if signals.received:  # SIGTERM / Ctrl-C: this step's checkpoint, then exit
+                if stop == "signal":  # SIGTERM / Ctrl-C: this step's checkpoint, then exit
                     self.save()
                     raise signals.interrupted(int(st.step), self.manager.latest_checkpoint)
                 if stop:
@@ -171,13 +173,36 @@ class Loop:
                 return "converged"
         return "max_epochs"
 
+    def _agreed_stop(self, signals, start):
+        """"signal", a bound's name, or None, the same on every worker (the first worker to
+        see a signal or the end of its budget stops them all)."""
+        reasons = (None, "time_budget", "signal")  # in the order a worker's reason prevails
+        local = "signal" if signals.received else self._stop_reason(start)
+        if local == "max_steps" or self._agree is None:
+            return local  # the step count is the same on every worker
+        return reasons[int(self._agree(reasons.index(local), "max"))]
+
+    @property
+    def _agree(self):
+        dist = self.distribution
+        return dist.agree if dist is not None and dist.num_workers > 1 else None
+
+    def validation(self) -> dict:
+        """The task's validation, its score agreed by the workers (bit-equal weights can
+        still score a last bit apart on different CPUs)."""
+        result = self.task.validate()
+        if self._agree is not None:
+            result["score"] = self._agree(result["score"], "max")
+        return result
+
     def minutes_left(self) -> float | None:
         """Of `time_budget_min` (counted from this process's `run()`), None without a budget."""
         if not self.settings.time_budget_min:
             return None
         start = getattr(self, "_start", None)  # None: run() has not started
         elapsed = 0.0 if start is None else time.perf_counter() - start
-        return self.settings.time_budget_min - elapsed / 60
+        left = self.settings.time_budget_min - elapsed / 60
+        return left if self._agree is None else self._agree(left, "min")
 
     def _stop_reason(self, start):
         cfg = self.settings
@@ -205,7 +230,7 @@ class Loop:
         moving the best score the schedule sees). Returns (result, kept)."""
         st = self.state
         with self.task.averaged_weights():
-            result = self.task.validate()
+            result = self.validation()
             best = float(st.best_score)
             if partial:
                 best = min([best] + [h.get("score", np.inf) for h in self.history

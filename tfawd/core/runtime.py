@@ -57,6 +57,16 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
+def set_threads(inter_op: int = 0, intra_op: int = 0) -> None:
+    """TensorFlow's thread pools (0: its default, one per core); before the first op runs.
+    Local workers sharing a machine want one or a few each (`python -m tfawd.launch`)."""
+    import tensorflow as tf
+    if inter_op:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    if intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+
+
 def configure_onednn(environ=None) -> str:
     """Turns TensorFlow's oneDNN kernels on for x86 CPUs unless the user chose (see the module
     docstring). Call before TensorFlow is imported. Returns who decided: "user" (the variable

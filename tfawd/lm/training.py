@@ -28,7 +28,7 @@ from absl import logging
 from pipelines import bptt
 from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
-from tfawd.core import reporting
+from tfawd.core import distribute, reporting, runtime
 from tfawd.core.checkpoints import save_config
 from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
@@ -41,7 +41,7 @@ from tfawd.nn.losses import (
     perplexity,
     temporal_activation_regularization,
 )
-from tfawd.nn.optimizers import NTASGD, nonmonotone_trigger
+from tfawd.nn.optimizers import NTASGD, SGD, nonmonotone_trigger
 
 # Flags a checkpoint cannot be resumed under a different value of.
 RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size",
@@ -97,37 +97,44 @@ def vocab_order(cfg) -> str:
 
 def configure_runtime(cfg) -> None:
     """TensorFlow's thread pools as `cfg` asks (before the first op runs)."""
-    if cfg.inter_op_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
-    if cfg.intra_op_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+    runtime.set_threads(cfg.inter_op_threads, cfg.intra_op_threads)
 
 
 def make_optimizer(cfg):
     """sgd: Keras SGD (its weight decay equals coupled L2 for plain SGD); ntasgd: NT-ASGD."""
     if cfg.optimizer == "ntasgd":
         return NTASGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay)
-    return keras.optimizers.SGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay or None)
+    return SGD(learning_rate=cfg.lr, weight_decay=cfg.wdecay or None)
 
 
-def make_train_step(model, optimizer, state: LMState, cfg):
+def make_train_step(model, optimizer, state: LMState, cfg, strategy=None):
     """The compiled training step: (inputs [B, T], targets [B, T]) -> (loss, grad norm).
 
     loss = cross-entropy + AR + TAR (AWD-LSTM 4.6); the reported loss is the cross-entropy.
     With variable-length windows the learning rate is scaled by T / bptt (section 4.1) so
     that short windows do not take as large a step as full ones.
+
+    Under a `tf.distribute` strategy each replica trains its own columns of the stream (and
+    carries their LSTM state); its loss is its share of the global mean, the gradients are
+    summed over the replicas, clipped by their global norm and applied by every replica
+    alike; the new states of all columns are gathered into `state.hidden`, which stays the
+    global batch's (so checkpoints do not depend on the number of replicas). One process:
+    the same step without the collectives (`tfawd.core.distribute`).
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     batch_size = state.hidden[0][0].shape[0]
     spec = tf.TensorSpec([batch_size, None], tf.int32)  # any window length: traced once
     if not optimizer.built:  # variables created inside the first call would force a retrace
         optimizer.build(model.trainable_variables)
     regularize = bool(cfg.alpha or cfg.beta)
+    hidden = [v for layer in state.hidden for v in layer]
+    widths = [v.shape[-1] for v in hidden]
 
-    @tf.function(input_signature=[spec, spec])
-    def train_step(x, y):
-        scale = tf.cast(tf.shape(x)[1], tf.float32) / cfg.bptt if cfg.variable_bptt else 1.0
-        optimizer.learning_rate.assign(tf.cast(state.lr, tf.float32) * scale)
-        states = [tuple(v.read_value() for v in layer) for layer in state.hidden]
+    def replica_step(x, y):
+        x, y = distribute.this_replica_rows(x), distribute.this_replica_rows(y)
+        states = [tuple(distribute.this_replica_rows(v.read_value()) for v in layer)
+                  for layer in state.hidden]
         with tf.GradientTape() as tape:
             if regularize:
                 nll, new_states, acts = model(x, states, training=True, targets=y,
@@ -140,14 +147,25 @@ def make_train_step(model, optimizer, state: LMState, cfg):
                 total += activation_regularization(acts["dropped_last"], cfg.alpha)
             if cfg.beta:
                 total += temporal_activation_regularization(acts["raw_last"], cfg.beta)
+            if replicas > 1:  # this replica's share of the global batch's mean
+                total, loss = total / replicas, loss / replicas
         grads = tape.gradient(total, model.trainable_variables)
+        loss, *grads = distribute.all_reduce_sum([loss] + grads)
         grads, norm = clip_gradients(grads, cfg.clip)
         optimizer.apply(grads, model.trainable_variables)
-        for layer_vars, layer_values in zip(state.hidden, new_states):
-            for v, value in zip(layer_vars, layer_values):
-                v.assign(value)
-        return loss, norm
+        flat = [t for layer in new_states for t in layer]
+        packed = distribute.gather_rows(tf.concat([tf.cast(t, tf.float32) for t in flat], -1))
+        return loss, norm, packed
 
+    @tf.function(input_signature=[spec, spec])
+    def train_step(x, y):
+        scale = tf.cast(tf.shape(x)[1], tf.float32) / cfg.bptt if cfg.variable_bptt else 1.0
+        optimizer.learning_rate.assign(tf.cast(state.lr, tf.float32) * scale)
+        loss, norm, packed = distribute.first_local(strategy,
+                                                    strategy.run(replica_step, args=(x, y)))
+        for v, value in zip(hidden, tf.split(packed, widths, axis=-1)):
+            v.assign(tf.cast(value, v.dtype))
+        return loss, norm
     return train_step
 
 
@@ -158,13 +176,15 @@ class LanguageModelTask(Task):
 
     unit = "tokens"
 
-    def __init__(self, cfg, corpus: Corpus, model, finetuning: bool = False):
+    def __init__(self, cfg, corpus: Corpus, model, finetuning: bool = False, strategy=None):
         self.cfg, self.corpus, self.model, self.finetuning = cfg, corpus, model, finetuning
         self.evaluator = Evaluator(model)
-        self.optimizer = make_optimizer(cfg)
-        self.optimizer.build(model.trainable_variables)
+        strategy = strategy or tf.distribute.get_strategy()
+        with strategy.scope():  # slots mirrored as the weights; the rest is bookkeeping
+            self.optimizer = make_optimizer(cfg)
+            self.optimizer.build(model.trainable_variables)
         self.lm = LMState(model, cfg.batch_size, cfg.lr)
-        self.train_step = make_train_step(model, self.optimizer, self.lm, cfg)
+        self.train_step = make_train_step(model, self.optimizer, self.lm, cfg, strategy)
         self._norms = []
 
     def state(self) -> dict:
@@ -201,7 +221,7 @@ class LanguageModelTask(Task):
     def validation_entry(self, result):
         tf.summary.scalar("loss", result["nll"])
         tf.summary.scalar("perplexity", min(result["ppl"], FLOAT32_MAX))
-        return {"val_loss": result["nll"], "val_ppl": result["ppl"], "lr": float(self.lm.lr),
+        return {"val_loss": result["score"], "val_ppl": result["ppl"], "lr": float(self.lm.lr),
                 "averaged": result["averaged"]}
 
     def describe(self, result):
@@ -229,7 +249,7 @@ class LanguageModelTask(Task):
         earlier = [h["val_loss"] for h in history if "val_loss" in h
                    and h.get("averaged", False) == averaged and not h.get("initial")
                    and not h.get("partial")]
-        triggered = nonmonotone_trigger(earlier, result["nll"], cfg.nonmono)
+        triggered = nonmonotone_trigger(earlier, result["score"], cfg.nonmono)
         budget_ending = bool(cfg.average_last_min and minutes_left is not None
                              and minutes_left < cfg.average_last_min)
         if cfg.optimizer == "ntasgd" and not averaged and (triggered or budget_ending):
@@ -245,10 +265,14 @@ class LanguageModelTask(Task):
 class Trainer(Loop):
     """The loop of one language-model `model_dir`: data, model, task, checkpoints, logs."""
 
-    def __init__(self, cfg, corpus: Corpus | None = None, init_from: str | None = None):
+    def __init__(self, cfg, corpus: Corpus | None = None, init_from: str | None = None,
+                 distribution: distribute.Distribution | None = None):
         """`init_from`: a weights checkpoint to fine-tune from when `model_dir` has none yet;
-        the run then averages from its first step (the reference's finetune.py)."""
+        the run then averages from its first step (the reference's finetune.py).
+        `distribution`: the strategy the step runs under (default: one process)."""
         self.cfg = cfg
+        dist = distribution or distribute.local()
+        dist.check_batch(cfg.batch_size)
         check_resumable(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
         run = RunDir(cfg.model_dir)
@@ -261,17 +285,20 @@ class Trainer(Loop):
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
         record_shapes(cfg, cfg.model_dir)
         corpus.vocab.save(run.vocab)
-        try:
-            model = build_model(cfg, len(corpus.vocab))
-        except ValueError as e:  # flags the model cannot be built with
-            raise RunError(str(e)) from None
+        with dist.scope():  # the weights mirrored over the replicas
+            try:
+                model = build_model(cfg, len(corpus.vocab))
+            except ValueError as e:  # flags the model cannot be built with
+                raise RunError(str(e)) from None
+        super().__init__(LanguageModelTask(cfg, corpus, model, init_from is not None,
+                                           dist.strategy),
+                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
+                                    cfg.time_budget_min, cfg.log_every, cfg.checkpoint_every,
+                                    cfg.profile_range()),
+                         distribution=dist)
         if not os.path.exists(run.model):  # the architecture, with the weights
             save_config(model, run.model)
         self.corpus, self.model = corpus, model
-        super().__init__(LanguageModelTask(cfg, corpus, model, init_from is not None),
-                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
-                                    cfg.time_budget_min, cfg.log_every, cfg.checkpoint_every,
-                                    cfg.profile_range()))
         if self.resumed:
             logging.info("Resumed at epoch %d, window %d, step %d", int(self.state.epoch),
                          int(self.state.batch), int(self.state.step))
@@ -283,7 +310,7 @@ class Trainer(Loop):
         so fine-tuning only ever replaces them with better ones."""
         self.best.checkpoint.restore(init_from).assert_consumed()
         self.task.optimizer.switch_to_averaging()
-        result = self.task.validate()
+        result = self.validation()
         self.state.best_score.assign(result["score"])
         self.best.save(checkpoint_number=0)
         self.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
@@ -303,12 +330,14 @@ class Trainer(Loop):
                                                     test=self.cfg.final_test)}
 
 
-def train(cfg, corpus: Corpus | None = None) -> dict:
+def train(cfg, corpus: Corpus | None = None,
+          distribution: distribute.Distribution | None = None) -> dict:
     """Trains (or resumes), evaluates the best weights, writes results.json and the plot."""
-    return _run(cfg, corpus)
+    return _run(cfg, corpus, distribution=distribution)
 
 
-def finetune(cfg, corpus: Corpus | None = None) -> dict:
+def finetune(cfg, corpus: Corpus | None = None,
+             distribution: distribute.Distribution | None = None) -> dict:
     """`--mode=finetune`: from the best weights in `model_dir`, averaged SGD again until the
     non-monotone condition fires on the averaged validation checks (the reference's
     finetune.py); runs in `<model_dir>/finetune`, keeps the better model there."""
@@ -318,22 +347,29 @@ def finetune(cfg, corpus: Corpus | None = None) -> dict:
         raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
     child = dataclasses.replace(cfg, model_dir=run.finetune.path,
                                 optimizer="ntasgd")
-    os.makedirs(child.model_dir, exist_ok=True)
-    if os.path.exists(run.vocab):
-        shutil.copy(run.vocab, run.finetune.vocab)
-    return _run(child, corpus, init_from=parent)
+    return _run(child, corpus, init_from=parent, distribution=distribution,
+                vocab_from=run.vocab)
 
 
-def _run(cfg, corpus, init_from=None) -> dict:
-    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
-        return _run_locked(cfg, corpus, init_from)
+def _run(cfg, corpus, init_from=None, distribution=None, vocab_from=None) -> dict:
+    """Only the chief writes `cfg.model_dir`; other workers train in a scratch copy."""
+    dist = distribution or distribute.local()
+    with dist.run_folder(cfg.model_dir) as folder:
+        cfg = dataclasses.replace(cfg, model_dir=folder)
+        os.makedirs(folder, exist_ok=True)
+        if vocab_from and os.path.exists(vocab_from) and not os.path.exists(RunDir(folder).vocab):
+            shutil.copy(vocab_from, RunDir(folder).vocab)
+        with ModelDirLock(folder):  # one trainer per run folder
+            return _run_locked(cfg, corpus, init_from, dist)
 
 
-def _run_locked(cfg, corpus, init_from) -> dict:
+def _run_locked(cfg, corpus, init_from, dist) -> dict:
     start = time.perf_counter()
-    trainer = Trainer(cfg, corpus, init_from)
+    trainer = Trainer(cfg, corpus, init_from, dist)
     reporting.record_command(cfg.model_dir)
     stopped = trainer.train()
+    if not dist.is_chief:  # the chief evaluates and reports
+        return {"worker": dist.worker, "stopped": stopped, **trainer.summary()}
     metrics = trainer.evaluate_best()
     plot = reporting.plot_loss_curve(trainer.history, RunDir(cfg.model_dir).loss_curve,
                                      f"{cfg.model} on {cfg.dataset}")
@@ -342,6 +378,8 @@ def _run_locked(cfg, corpus, init_from) -> dict:
         "wall_seconds_this_run": time.perf_counter() - start,
         "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
         "history": os.path.basename(RunDir(cfg.model_dir).history),
+        "distribute": {"kind": dist.kind, "workers": dist.num_workers,
+                       "replicas": dist.replicas},
     })
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"

@@ -14,6 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tfawd.core.distribute import replica_rows_of
 from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step
 
 
@@ -38,8 +39,11 @@ class LockedDropout(keras.layers.Dropout):
         if not training or self.rate == 0:
             return inputs
         shape = tf.shape(inputs)
-        return inputs * dropout_mask([shape[0], 1, shape[2]], self.rate, self.seed_generator,
-                                     inputs.dtype)
+        # Under tf.distribute: this replica's rows of the global batch's mask, so a run over
+        # several replicas drops what one process drops (`distribute.replica_rows_of`).
+        return inputs * replica_rows_of(
+            lambda rows: dropout_mask([rows, 1, shape[2]], self.rate, self.seed_generator,
+                                      inputs.dtype), shape[0])
 
 
 @keras.saving.register_keras_serializable("tfawd")

@@ -12,8 +12,29 @@ import tensorflow as tf
 from keras import ops
 
 
+class StepReducedGradients:
+    """For optimizers whose gradients the training step has already all-reduced over the
+    replicas (and clipped by their global norm: `tfawd.core.distribute`). Keras' TensorFlow
+    optimizers sum the gradients over the replicas inside `apply` when called in a replica
+    context; here that would sum them a second time. One process: no difference."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
 @keras.saving.register_keras_serializable("tfawd")
-class NTASGD(keras.optimizers.Optimizer):
+class SGD(StepReducedGradients, keras.optimizers.SGD):
+    """Keras SGD for steps that reduce their own gradients (`StepReducedGradients`)."""
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class Adam(StepReducedGradients, keras.optimizers.Adam):
+    """Keras Adam for steps that reduce their own gradients (`StepReducedGradients`); its
+    `global_clipnorm` then clips the global batch's gradient."""
+
+
+@keras.saving.register_keras_serializable("tfawd")
+class NTASGD(StepReducedGradients, keras.optimizers.Optimizer):
     """SGD with coupled weight decay plus a switchable average of the iterates.
 
     Every step (as PyTorch's `SGD`/`ASGD` with `weight_decay`):

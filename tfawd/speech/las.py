@@ -23,6 +23,7 @@ decoder caught in a loop stops early on a short utterance.
 import keras
 import tensorflow as tf
 
+from tfawd.core.distribute import replica_rows_of
 from tfawd.nn.layers import WeightDropLSTM
 
 NEG = -1e9
@@ -218,7 +219,9 @@ class ListenAttendSpell(keras.Model):
         keys, values, mask = self.listen(features, frames, training)
         batch, length = tf.shape(labels)[0], tf.shape(labels)[1]
         inputs = tf.concat([tf.fill([batch, 1], self.sos_id), labels[:, :-1]], axis=1)
-        use_truth = tf.random.stateless_uniform([batch, length], seed) < teacher_forcing
+        use_truth = replica_rows_of(  # one process's draw, also over several replicas
+            lambda rows: tf.random.stateless_uniform([rows, length], seed), batch
+        ) < teacher_forcing
         state = self.speller.initial_state(batch)
         logits_ta = tf.TensorArray(tf.float32, size=length)
         attn_ta = tf.TensorArray(tf.float32, size=length)

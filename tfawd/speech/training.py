@@ -14,6 +14,7 @@ the run writes results.json (CER/WER per split, diagonality), attention PNGs and
 attention.npy for the first 10 validation utterances, and a training-curve PNG.
 """
 import contextlib
+import dataclasses
 import os
 import time
 
@@ -23,11 +24,12 @@ from absl import logging
 
 from pipelines import speech_features
 from pipelines.speech_features import CharVocab
-from tfawd.core import reporting
+from tfawd.core import distribute, reporting
 from tfawd.core.checkpoints import save_config
 from tfawd.core.loop import Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock
+from tfawd.nn.optimizers import Adam
 from tfawd.speech import evaluation as speech_eval
 from tfawd.speech.data import featurized
 from tfawd.speech.evaluation import N_ATTENTION, eval_batches, evaluate_splits, transcribe
@@ -50,28 +52,51 @@ def sequence_loss(logits, labels, smoothing: float):
     return tf.reduce_sum(nll * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def make_train_step(model, optimizer, cfg):
+def make_train_step(model, optimizer, cfg, strategy=None):
     """(features, frames, labels, teacher forcing rate, seed [2]) -> (cross-entropy, guided
     attention loss before its weight); minimises cross-entropy + --guided_attention times
-    the latter; traced once."""
-    optimizer.build(model.trainable_variables)
+    the latter; traced once. Under a `tf.distribute` strategy each replica decodes its rows
+    of the global batch and weighs its losses by its share of the batch's characters (and
+    attention cells), so the summed gradient is the global batch's (`tfawd.core.distribute`).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
     listener = model.listener
 
-    @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
-                                               tf.TensorSpec([2], tf.int32)))
-    def step(features, frames, labels, rate, seed):
+    def sizes(frames, labels):
+        """(label lengths, encoder frames, characters, attention cells) of a batch."""
+        chars = tf.reduce_sum(tf.cast(labels > 0, tf.int32), axis=1)
+        enc = encoder_frames(frames, listener.frame_stack, listener.pyramid_layers)
+        return (chars, enc, tf.cast(tf.reduce_sum(chars), tf.float32),
+                tf.reduce_sum(tf.cast(chars, tf.float32) * tf.cast(enc, tf.float32)))
+
+    @tf.function(autograph=True)  # the decoder's loop needs AutoGraph; strategy.run
+    def replica_step(features, frames, labels, rate, seed):  # would not convert it
+        _, _, all_chars, all_cells = sizes(frames, labels)
+        features, frames, labels = (distribute.this_replica_rows(t)
+                                    for t in (features, frames, labels))
+        chars, enc, my_chars, my_cells = sizes(frames, labels)
         with tf.GradientTape() as tape:
             logits, attention = model.teacher_forced(features, frames, labels, rate, seed,
                                                      training=True)
             loss = sequence_loss(logits, labels, cfg.label_smoothing)
-            guided = guided_attention_loss(
-                attention, tf.reduce_sum(tf.cast(labels > 0, tf.int32), axis=1),
-                encoder_frames(frames, listener.frame_stack, listener.pyramid_layers),
-                cfg.guided_attention_width)
+            guided = guided_attention_loss(attention, chars, enc, cfg.guided_attention_width)
+            if replicas > 1:  # this replica's share of the global batch's means
+                loss = loss * my_chars / all_chars
+                guided = guided * my_cells / tf.maximum(all_cells, 1.0)
             total = loss + cfg.guided_attention * guided if cfg.guided_attention else loss
         grads = tape.gradient(total, model.trainable_variables)
+        loss, guided, *grads = distribute.all_reduce_sum([loss, guided] + grads)
         optimizer.apply(grads, model.trainable_variables)
         return loss, guided
+
+    @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
+                                               tf.TensorSpec([2], tf.int32)))
+    def step(features, frames, labels, rate, seed):
+        return distribute.first_local(strategy, strategy.run(
+            replica_step, args=(features, frames, labels, rate, seed)))
     return step
 
 
@@ -82,12 +107,13 @@ class SpeechTask(Task):
 
     unit = "frames"
 
-    def __init__(self, cfg, vocab, data, model):
+    def __init__(self, cfg, vocab, data, model, strategy=None):
         self.cfg, self.vocab, self.data, self.model = cfg, vocab, data, model
-        self.optimizer = keras.optimizers.Adam(cfg.lr, global_clipnorm=cfg.clip or None,
-                                               use_ema=cfg.ema_decay > 0,
-                                               ema_momentum=cfg.ema_decay or 0.99)
-        self.train_step = make_train_step(model, self.optimizer, cfg)
+        with (strategy or tf.distribute.get_strategy()).scope():  # slots as the weights
+            self.optimizer = Adam(cfg.lr, global_clipnorm=cfg.clip or None,
+                                  use_ema=cfg.ema_decay > 0, ema_momentum=cfg.ema_decay or 0.99)
+            self.optimizer.build(model.trainable_variables)
+        self.train_step = make_train_step(model, self.optimizer, cfg, strategy)
         self.greedy = make_decoder(model, cfg.max_decode_len)
         self.rate = teacher_forcing_rate(cfg, 0)
 
@@ -161,17 +187,21 @@ class SpeechTask(Task):
 class SpeechTrainer(Loop):
     """The loop of one recogniser `model_dir`: data, model, task, checkpoints, logs."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, distribution: distribute.Distribution | None = None):
         self.cfg, self.vocab = cfg, CharVocab()
+        dist = distribution or distribute.local()
+        dist.check_batch(cfg.batch_size)
         keras.utils.set_random_seed(cfg.seed)
         self.data, self.sample_rate = featurized(cfg, self.vocab)
-        self.model = build_las(cfg, self.vocab)
+        with dist.scope():  # the weights mirrored over the replicas
+            self.model = build_las(cfg, self.vocab)
+        super().__init__(SpeechTask(cfg, self.vocab, self.data, self.model, dist.strategy),
+                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
+                                    cfg.time_budget_min, cfg.log_every),
+                         distribution=dist)
         os.makedirs(cfg.model_dir, exist_ok=True)
         if not os.path.exists(RunDir(cfg.model_dir).model):  # the architecture, with the weights
             save_config(self.model, RunDir(cfg.model_dir).model)
-        super().__init__(SpeechTask(cfg, self.vocab, self.data, self.model),
-                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
-                                    cfg.time_budget_min, cfg.log_every))
         if self.resumed:
             logging.info("Resumed at epoch %d, batch %d", int(self.state.epoch),
                          int(self.state.batch))
@@ -190,22 +220,31 @@ class SpeechTrainer(Loop):
         return evaluate_splits(self.model, self.vocab, self.data, self.cfg, self.task.greedy)
 
 
-def train(cfg) -> dict:
-    with ModelDirLock(cfg.model_dir):  # one trainer per run folder
-        return _train_locked(cfg)
+def train(cfg, distribution: distribute.Distribution | None = None) -> dict:
+    """Trains (or resumes), evaluates the best weights, writes results.json and the plots.
+    Only the chief writes `cfg.model_dir`; other workers train in a scratch copy."""
+    dist = distribution or distribute.local()
+    with dist.run_folder(cfg.model_dir) as folder:
+        cfg = dataclasses.replace(cfg, model_dir=folder)
+        with ModelDirLock(folder):  # one trainer per run folder
+            return _train_locked(cfg, dist)
 
 
-def _train_locked(cfg) -> dict:
+def _train_locked(cfg, dist) -> dict:
     start = time.perf_counter()
-    trainer = SpeechTrainer(cfg)
+    trainer = SpeechTrainer(cfg, dist)
     reporting.record_command(cfg.model_dir)
     stopped = trainer.train()
+    if not dist.is_chief:  # the chief evaluates and reports
+        return {"worker": dist.worker, "stopped": stopped, **trainer.summary()}
     if not trainer.best.latest_checkpoint:  # stopped before its first validation
         trainer.best.save()
     metrics = trainer.evaluate_best()
     metrics.update(stopped=stopped, **trainer.summary(),
                    wall_seconds_this_run=round(time.perf_counter() - start, 1),
-                   sample_rate=trainer.sample_rate)
+                   sample_rate=trainer.sample_rate,
+                   distribute={"kind": dist.kind, "workers": dist.num_workers,
+                               "replicas": dist.replicas})
     speech_eval.plot_history(trainer.history, RunDir(cfg.model_dir).loss_curve,
                              f"LAS on {cfg.dataset}")
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
