@@ -7,9 +7,9 @@ import pytest
 from tests.conftest import REPO
 
 
-def run_main(*args):
+def run_main(*args, env=None):
     return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=env)
 
 
 def test_helpfull_lists_every_flag_with_help():
@@ -38,6 +38,9 @@ def test_helpfull_lists_every_flag_with_help():
     (["--average_last_min=10"], "--average_last_min needs --optimizer=ntasgd and a longer"),
     (["--optimizer=ntasgd", "--time_budget_min=5", "--average_last_min=10"],
      "--average_last_min needs --optimizer=ntasgd and a longer --time_budget_min"),
+    (["--distribute=multi_worker"], "--distribute=multi_worker needs TF_CONFIG"),
+    (["--distribute=gpus"], "value should be one of <none|mirrored|multi_worker>"),
+    (["--cpu_replicas=-1"], "--cpu_replicas must be >= 0"),
     (["stray"], "unexpected arguments"),
     (["--mode=generate", "--top_p=0"], "--top_p must be in (0, 1]"),
     (["--mode=generate", "--num_tokens=-3"], "--num_tokens must be positive"),
@@ -49,6 +52,19 @@ def test_bad_values_are_rejected_with_a_one_line_message(args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_non_training_modes_run_on_the_chief_only(tmp_path):
+    """--distribute=multi_worker spreads training; worker 1 of an evaluation ends at once."""
+    import json
+    import os
+    config = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                         "task": {"type": "worker", "index": 1}})
+    result = run_main("--mode=evaluate", "--distribute=multi_worker",
+                      f"--model_dir={tmp_path}", env={**os.environ, "TF_CONFIG": config})
+    assert result.returncode == 0, result.stderr
+    assert "worker 1: --mode=evaluate runs on the chief (worker 0) only" in result.stdout
+    assert os.listdir(tmp_path) == []
 
 
 def test_config_files_parse(tmp_path):
