@@ -101,6 +101,10 @@ class Distribution:
     def scope(self):
         return self.strategy.scope()
 
+    def describe(self) -> dict:
+        """For results.json."""
+        return {"kind": self.kind, "workers": self.num_workers, "replicas": self.replicas}
+
     def check_batch(self, batch_size: int, flag: str = "--batch_size") -> None:
         """The global batch must split evenly over the replicas."""
         if batch_size % self.replicas:
@@ -199,12 +203,16 @@ def cluster_position(tf_config: str) -> tuple[int, int]:
 
 # -- inside a replica (`strategy.run`); one replica without a strategy -------------------
 
+def _replicas_context():
+    """The calling replica's context when there are several replicas, else None."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
 def replica_position() -> tuple:
     """(replica id, number of replicas) of the calling replica; (0, 1) outside any."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return 0, 1
-    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+    ctx = _replicas_context()
+    return (0, 1) if ctx is None else (ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync)
 
 
 def this_replica_rows(value):
@@ -230,16 +238,16 @@ def replica_rows_of(draw, local_rows):
 
 def all_reduce_sum(values: list) -> list:
     """SUM over the replicas of a list of tensors, one packed collective."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    ctx = _replicas_context()
+    if ctx is None:
         return values
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def gather_rows(value):
     """The global batch's rows [B, ...] from every replica's [B / R, ...]."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    ctx = _replicas_context()
+    if ctx is None:
         return value
     return ctx.all_gather(value, axis=0)
 

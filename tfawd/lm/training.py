@@ -378,8 +378,7 @@ def _run_locked(cfg, corpus, init_from, dist) -> dict:
         "wall_seconds_this_run": time.perf_counter() - start,
         "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
         "history": os.path.basename(RunDir(cfg.model_dir).history),
-        "distribute": {"kind": dist.kind, "workers": dist.num_workers,
-                       "replicas": dist.replicas},
+        "distribute": dist.describe(),
     })
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"

@@ -243,8 +243,7 @@ def _train_locked(cfg, dist) -> dict:
     metrics.update(stopped=stopped, **trainer.summary(),
                    wall_seconds_this_run=round(time.perf_counter() - start, 1),
                    sample_rate=trainer.sample_rate,
-                   distribute={"kind": dist.kind, "workers": dist.num_workers,
-                               "replicas": dist.replicas})
+                   distribute=dist.describe())
     speech_eval.plot_history(trainer.history, RunDir(cfg.model_dir).loss_curve,
                              f"LAS on {cfg.dataset}")
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
