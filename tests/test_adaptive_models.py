@@ -12,7 +12,7 @@ from pipelines.vocab import Vocabulary
 from tests.test_awd_training import awd_cfg
 from tests.test_training import tiny_cfg
 from tfawd.lm import inference
-from tfawd.lm.models import build_model
+from tfawd.lm.models import build_model, unstable_cluster_warning
 from tfawd.lm.training import RunError, Trainer, train
 
 ADAPTIVE = dict(softmax="adaptive", adaptive_cutoffs="6,16", adaptive_div=2)
@@ -76,6 +76,16 @@ def test_cache_pointer_and_dynamic_evaluation_run_on_the_adaptive_distribution(t
     dynamic = tune_dynamic_eval(cfg, tiny_corpus)
     lr0 = [g for g in dynamic["search"]["grid"] if g["lr"] == 0][0]
     assert np.isfinite(dynamic["test"]["ppl"]) and lr0["ppl"] > 0
+    # --cache_window given: the cache pointer also ran on top of the adapting model; its base
+    # is dynamic evaluation's own figure, and lambda 0 is in the grid, so it cannot be worse.
+    both = dynamic["cache"]
+    for split in ("valid", "test"):
+        assert both[split]["base_nll"] == pytest.approx(dynamic[split]["nll"], rel=1e-6)
+    assert both["valid"]["nll"] <= both["valid"]["base_nll"] + 1e-9
+    with open(tmp_path / "run" / "eval_results.json") as f:
+        recorded = json.load(f)
+    assert recorded["dynamic_eval_cache"]["test"]["lambda"] == both["valid"]["lambda"]
+    assert "outputs" not in recorded["dynamic_eval"]["valid"]
 
 
 def test_generation_and_beam_search_draw_from_the_adaptive_distribution(tiny_corpus, tmp_path):
@@ -95,3 +105,17 @@ def test_frequency_order_puts_frequent_words_first():
     assert Vocabulary.from_tokens("b a c a".split()).words[:3] == ["b", "a", "c"]
     with pytest.raises(ValueError, match="order must be"):
         Vocabulary.from_tokens(["a"], order="alphabetical")
+
+
+def test_a_cluster_too_large_for_sgd_is_warned_of_with_cutoffs_that_are_not(tmp_path):
+    counts = np.round(1e6 / np.arange(1, 3001)).astype(np.int64)  # Zipf, ids by frequency
+    cfg = awd_cfg(tmp_path, softmax="adaptive", adaptive_cutoffs="100,1000", lr=30)
+    warning = unstable_cluster_warning(cfg, counts)  # [100, 1000) holds ~27% of the tokens
+    assert "[100, 1000) holds" in warning and "--lr=30" in warning
+    fix = warning.rsplit("--adaptive_cutoffs=", 1)[1]
+    assert fix.startswith("100,")
+    assert unstable_cluster_warning(awd_cfg(tmp_path, softmax="adaptive", adaptive_cutoffs=fix,
+                                            lr=30), counts) is None
+    assert unstable_cluster_warning(awd_cfg(tmp_path, softmax="adaptive",
+                                            adaptive_cutoffs="100,1000", lr=1), counts) is None
+    assert unstable_cluster_warning(awd_cfg(tmp_path, lr=30), counts) is None  # full softmax

@@ -9,7 +9,13 @@ import pytest
 import tensorflow as tf
 
 from tfawd.lm.models import tied_logits
-from tfawd.nn.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
+from tfawd.nn.adaptive_softmax import (
+    AdaptiveEmbedding,
+    AdaptiveSoftmax,
+    balanced_cutoffs,
+    cluster_shares,
+    sgd_unstable,
+)
 from tfawd.nn.losses import token_nll
 
 V, E, CUTOFFS, DIV = 23, 8, [5, 12], 2  # clusters [0, 5) d=8, [5, 12) d=4, [12, 23) d=2
@@ -263,3 +269,34 @@ def test_get_config_round_trips_and_a_deserialised_tied_softmax_is_relinked():
     clone.build()
     assert clone.words is emb and len(clone.weights) == 4
     assert clone(tf.zeros([1, E])).shape == (1, V)
+
+
+ZIPF = np.round(1e6 / np.arange(1, 2001)).astype(np.int64)  # counts of ids 0..1999 by frequency
+
+
+@pytest.mark.parametrize("lr, share", [(30, 0.02), (30, 0.05), (30, 0.1), (30, 0.2),
+                                       (10, 0.2), (10, 0.5), (1, 0.5)])
+def test_sgd_unstable_predicts_whether_gradient_descent_on_a_cluster_logit_settles(lr, share):
+    # A cluster logit against the rest of the head (held fixed): p = sigmoid(b), the gradient
+    # of the mean NLL is p - share. Started 0.1 off its optimum, plain gradient descent
+    # settles there exactly when sgd_unstable says it is stable.
+    b = np.log(share / (1 - share)) + 0.1
+    for _ in range(500):
+        b -= lr * (1 / (1 + np.exp(-b)) - share)
+    settled = abs(1 / (1 + np.exp(-b)) - share) < 1e-6
+    assert settled == (not sgd_unstable(share, lr))
+
+
+def test_balanced_cutoffs_fill_each_tail_cluster_up_to_the_share():
+    cutoffs = balanced_cutoffs(ZIPF, head=50, max_share=0.04)
+    bounds = [0, *cutoffs, len(ZIPF)]
+    shares = cluster_shares(ZIPF, bounds)
+    assert cutoffs[0] == 50 and cutoffs == sorted(set(cutoffs))
+    assert sum(shares) == pytest.approx(1.0)
+    assert all(s <= 0.04 for s in shares[1:])
+    total = ZIPF.sum()
+    for hi in bounds[2:-1]:  # each full cluster could not take its next word
+        lo = bounds[bounds.index(hi) - 1]
+        assert (ZIPF[lo:hi + 1].sum()) / total > 0.04
+    with pytest.raises(ValueError, match="head"):
+        balanced_cutoffs(ZIPF, head=0, max_share=0.04)

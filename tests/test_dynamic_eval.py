@@ -55,3 +55,36 @@ def test_a_long_evaluation_reports_its_progress(setup, monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records if "dynamic eval" in r.getMessage()]
     assert [line.split(",")[0] for line in lines] == ["dynamic eval: 50 / 100 tokens",
                                                       "dynamic eval: 100 / 100 tokens"]
+
+
+def test_kept_outputs_at_lr_zero_are_the_static_ones_and_give_the_static_cache(setup):
+    # The cache pointer on top of dynamic evaluation reads the outputs the adapting model
+    # produced; with nothing adapting they are the static model's, so the cache pointer on
+    # them scores exactly as the plain cache pointer at batch 1.
+    from tfawd.lm.pointer import cache_grid, collect, evaluate_with_cache
+    corpus, model, rms = setup
+    ids = corpus.ids["valid"][:121]
+    dynamic = DynamicEvaluator(model, rms).evaluate(ids, lr=0.0, lam=0.0, bptt=5,
+                                                    keep_outputs=True)
+    h, y, logp = dynamic["outputs"]
+    static_h, static_y, static_logp = collect(model, ids, 1, 5)
+    assert h.shape == (1, 120, 8) and y.shape == logp.shape == (1, 120)
+    np.testing.assert_array_equal(y, static_y)
+    np.testing.assert_allclose(h, static_h, atol=1e-5)
+    np.testing.assert_allclose(logp, static_logp, atol=1e-5)
+    assert -logp.mean() == pytest.approx(dynamic["nll"], rel=1e-6)
+    both = cache_grid(h, y, logp, 30, [0.5, 1.0], [0.1, 0.3])
+    plain = evaluate_with_cache(model, ids, 1, 5, 30, [0.5, 1.0], [0.1, 0.3])
+    assert (both["theta"], both["lambda"]) == (plain["theta"], plain["lambda"])
+    assert both["nll"] == pytest.approx(plain["nll"], rel=1e-5)
+
+
+def test_adapted_outputs_differ_from_the_static_ones(setup):
+    corpus, model, rms = setup
+    ids = corpus.ids["valid"][:121]
+    evaluator = DynamicEvaluator(model, rms)
+    static = evaluator.evaluate(ids, lr=0.0, lam=0.0, bptt=5, keep_outputs=True)["outputs"]
+    adapted = evaluator.evaluate(ids, lr=1e-2, lam=0.0, bptt=5, keep_outputs=True)["outputs"]
+    np.testing.assert_allclose(adapted[0][:, :5], static[0][:, :5], atol=1e-6)  # segment 1
+    assert np.abs(adapted[0][:, 5:] - static[0][:, 5:]).max() > 1e-4
+    assert "outputs" not in evaluator.evaluate(ids, lr=0.0, lam=0.0, bptt=5)

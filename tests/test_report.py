@@ -14,13 +14,15 @@ def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
     (tmp_path / "awd.json").write_text(json.dumps(RUN))
     (tmp_path / "awd_eval.json").write_text(json.dumps(
         {"cache": {"valid": {"ppl": 80.0, "seconds": 60.0}, "test": {"ppl": 77.25, "seconds": 180},
-                   "command": "main.py --flagfile=x --mode=tune_cache"}}))
+                   "command": "main.py --flagfile=x --mode=tune_cache"},
+         "dynamic_eval_cache": {"valid": {"ppl": 60.0}, "test": {"ppl": 57.5},
+                                "command": "main.py --flagfile=x --mode=tune_dynamic_eval"}}))
     (tmp_path / "awd_loss_curve.png").write_bytes(b"png")
     (tmp_path / "awd_eval_unrelated.json").write_text(json.dumps({"no": "metrics"}))
     table = report.results_table(str(tmp_path))
     row = next(line for line in table.splitlines() if line.startswith("| AWD-LSTM"))
-    assert "| AWD-LSTM 200-400/400/200, tied | wikitext2 | 100.00 | 95.50 | 80.00 / 77.25 | - |" \
-        in row
+    assert ("| AWD-LSTM 200-400/400/200, tied | wikitext2 | 100.00 | 95.50 | 80.00 / 77.25 | - "
+            "| 60.00 / 57.50 |") in row
     assert "10 min" in row and "1,234" in row and "python main.py --flagfile=x" in row
     assert "results/awd_loss_curve.png" in row
     assert ("- awd cache: `python main.py --flagfile=x --mode=tune_cache` (valid 1 min, "

@@ -4,7 +4,8 @@
   python -m tfawd.core.readme_tables --write      # replace the generated block of README.md
 
 Sources, all under `results/`: `<run>.json` (a training run's results.json, copied there by
-`make train`), `<run>_eval.json` (its eval_results.json: cache pointer, dynamic evaluation),
+`make train`), `<run>_eval.json` (its eval_results.json: cache pointer, dynamic evaluation,
+both: the cache on top of dynamic evaluation),
 `<run>_loss_curve.png`, and `lm_throughput*.json` (benchmarks/lm_throughput.py). Published
 figures of the seeds and papers are listed apart and labelled as theirs.
 """
@@ -65,6 +66,7 @@ def run_rows(results_dir: str) -> list:
             "command": shown_command(run),
             "val": run["val_ppl"], "test": run["test_ppl"],
             "cache": _pair(extra.get("cache")), "dynamic": _pair(extra.get("dynamic_eval")),
+            "both": _pair(extra.get("dynamic_eval_cache")),
             "epochs": run["epochs_completed"], "minutes": run["train_seconds"] / 60,
             "tokens_per_s": run["train_tokens_per_s"],
             "curve": os.path.basename(curve) if os.path.exists(curve) else None,
@@ -85,13 +87,13 @@ def _timed(section: dict) -> str:
 
 def results_table(results_dir: str = "results") -> str:
     lines = ["| model | data | val ppl | test ppl | + cache (val / test) | + dynamic eval "
-             "(val / test) | epochs | training | tokens/s | run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(val / test) | + both | epochs | training | tokens/s | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run_rows(results_dir):
         curve = f", [loss curve](results/{r['curve']})" if r["curve"] else ""
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['val']:.2f} | {r['test']:.2f} | {r['cache']} "
-            f"| {r['dynamic']} | {r['epochs']} | {r['minutes']:.0f} min | "
+            f"| {r['dynamic']} | {r['both']} | {r['epochs']} | {r['minutes']:.0f} min | "
             f"{r['tokens_per_s']:,.0f} | `{r['command']}` ([json](results/{r['name']}.json)"
             f"{curve}) |")
     evals = [f"- {r['name']} {section.replace('_', ' ')}: {text}"

@@ -89,7 +89,8 @@ class DynamicEvaluator:
                      [[tf.TensorSpec(v.shape, v.dtype) for v in variables]])
         def step(x, y, states, lr, lam, trained):
             with tf.GradientTape() as tape:
-                logits, states = model(x, states, training=False)
+                logits, states, acts = model(x, states, training=False,
+                                             return_activations=True)
                 nll = token_nll(logits, y)
                 loss = tf.reduce_mean(nll)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
@@ -97,23 +98,29 @@ class DynamicEvaluator:
                              self.decay_rate, lr, lam, self.epsilon)
             for v, new in zip(variables, adapted):
                 v.assign(new)
-            return tf.reduce_sum(nll), states
+            return nll, states, tf.cast(acts["raw_last"], tf.float32)
 
         return step
 
-    def evaluate(self, ids, lr: float, lam: float, bptt: int = 5) -> dict:
+    def evaluate(self, ids, lr: float, lam: float, bptt: int = 5,
+                 keep_outputs: bool = False) -> dict:
         """{'nll', 'ppl', 'tokens', 'seconds', 'tokens_per_s', 'lr', 'lambda', 'bptt'}: every
-        target of `ids` scored once, by the weights adapted to all previous segments."""
+        target of `ids` scored once, by the weights adapted to all previous segments. With
+        `keep_outputs` also 'outputs': (h [1, N, H], y [1, N], log p [1, N]) as
+        `tfawd.lm.pointer.collect` gives them, for the cache pointer on top (`cache_grid`)."""
         self._step = self._step or self._make_step()
         trained = [tf.identity(v) for v in self.variables]
         start, total, count = time.perf_counter(), 0.0, 0
         states = self.model.initial_state(1)
         lr, lam = tf.constant(lr, tf.float32), tf.constant(lam, tf.float32)
+        kept = []
         try:
             for segment, (x, y) in enumerate(bptt_dataset(ids, 1, bptt, variable=False), 1):
-                nll, states = self._step(x, y, states, lr, lam, trained)
-                total += float(nll)
+                nll, states, h = self._step(x, y, states, lr, lam, trained)
+                total += float(tf.reduce_sum(nll))
                 count += int(tf.size(y))
+                if keep_outputs:
+                    kept.append((h.numpy(), y.numpy(), -nll.numpy()))
                 if segment % LOG_EVERY == 0:  # a whole split takes minutes: say how far it is
                     logging.info("dynamic eval: %d / %d tokens, ppl so far %.2f, %.0f tokens/s",
                                  count, len(ids) - 1, perplexity(total / count),
@@ -123,9 +130,12 @@ class DynamicEvaluator:
                 v.assign(v0)
         seconds = time.perf_counter() - start
         mean = total / count
-        return {"nll": mean, "ppl": perplexity(mean), "tokens": count, "seconds": seconds,
-                "tokens_per_s": count / seconds, "lr": float(lr), "lambda": float(lam),
-                "bptt": bptt}
+        out = {"nll": mean, "ppl": perplexity(mean), "tokens": count, "seconds": seconds,
+               "tokens_per_s": count / seconds, "lr": float(lr), "lambda": float(lam),
+               "bptt": bptt}
+        if keep_outputs:
+            out["outputs"] = tuple(np.concatenate(part, 1) for part in zip(*kept))
+        return out
 
     def tune(self, ids, lrs, lambdas, bptt: int = 5) -> dict:
         """Grid search of (lr, lambda) on `ids` (validation); the best result plus 'grid'."""

@@ -10,7 +10,13 @@ import tensorflow as tf
 
 from tfawd.core import runtime
 from tfawd.core.checkpoints import load_config
-from tfawd.nn.adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
+from tfawd.nn.adaptive_softmax import (
+    AdaptiveEmbedding,
+    AdaptiveSoftmax,
+    balanced_cutoffs,
+    cluster_shares,
+    sgd_unstable,
+)
 from tfawd.nn.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
 from tfawd.nn.losses import decoder_nll
 
@@ -258,6 +264,28 @@ def build_model(cfg, vocab_size: int) -> keras.Model:
             vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.tie_weights,
             **softmax))
     raise ValueError(f"unknown --model {cfg.model!r}")
+
+
+def unstable_cluster_warning(cfg, counts) -> str | None:
+    """With `--softmax=adaptive`: a warning naming the tail clusters whose logit plain SGD at
+    `--lr` would make oscillate (`sgd_unstable`: too large a share of the training tokens,
+    `counts[w]` the occurrences of id w), and cut-offs of at most 1.5 / lr of the tokens per
+    tail cluster that avoid it; else None."""
+    if cfg.softmax != "adaptive":
+        return None
+    cutoffs = cfg.adaptive_cutoffs_list()
+    bounds = [0, *cutoffs, len(counts)]
+    shares = cluster_shares(counts, bounds)
+    bad = [f"[{bounds[i]}, {bounds[i + 1]}) holds {shares[i]:.1%}"
+           for i in range(1, len(shares)) if sgd_unstable(shares[i], cfg.lr)]
+    if not bad:
+        return None
+    fix = ",".join(str(c) for c in balanced_cutoffs(counts, cutoffs[0], 1.5 / cfg.lr))
+    return (f"--adaptive_cutoffs={cfg.adaptive_cutoffs}: the tail cluster(s) {'; '.join(bad)} "
+            f"of the training tokens; SGD at --lr={cfg.lr:g} makes such a cluster's logit "
+            f"oscillate (lr * share * (1 - share) > 2) and the loss can stall at the unigram "
+            f"level for thousands of steps. Clusters of at most {1.5 / cfg.lr:.1%} each: "
+            f"--adaptive_cutoffs={fix}")
 
 
 def float32_twin(model: keras.Model) -> keras.Model:

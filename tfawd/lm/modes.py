@@ -7,11 +7,12 @@ averaged ones when NT-ASGD produced them):
 - `tune_cache`: grid search of the cache's theta and lambda on validation only, the chosen pair
   then applied to test.
 - `tune_dynamic_eval`: grid search of dynamic evaluation's lr and lambda on (the start of)
-  validation, the chosen pair then applied to validation and test.
+  validation, the chosen pair then applied to validation and test; with `--cache_window`
+  also the cache pointer on top of the adapting model (theta, lambda tuned on validation).
 
 Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
-`dynamic_eval`, each with the command that made it), leaving the others in place, so the
-report sees every method's figures.
+`dynamic_eval`, `dynamic_eval_cache`, each with the command that made it), leaving the others
+in place, so the report sees every method's figures.
 """
 import json
 import os
@@ -27,7 +28,7 @@ from tfawd.lm.config import float_list
 from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
 from tfawd.lm.evaluation import Evaluator, split_metrics
 from tfawd.lm.inference import load_trained
-from tfawd.lm.pointer import evaluate_with_cache
+from tfawd.lm.pointer import cache_grid, evaluate_with_cache
 from tfawd.lm.training import RunError
 
 
@@ -95,10 +96,14 @@ def evaluate(cfg, corpus=None) -> dict:
         metrics["cache"] = cache
         line += f" | with cache: {cache['valid']['ppl']:.2f} / {cache['test']['ppl']:.2f}"
     if cfg.dynamic_eval_lr:
-        dynamic = _dynamic(trainer, [cfg.dynamic_eval_lr], [cfg.dynamic_eval_lambda])
+        dynamic = _dynamic(trainer, [cfg.dynamic_eval_lr], [cfg.dynamic_eval_lambda],
+                           cache=([cfg.cache_theta], [cfg.cache_lambda]))
         metrics["dynamic_eval"] = dynamic
         line += (f" | dynamic eval: {dynamic['valid']['ppl']:.2f} / "
                  f"{dynamic['test']['ppl']:.2f}")
+        if "cache" in dynamic:
+            line += (f" | both: {dynamic['cache']['valid']['ppl']:.2f} / "
+                     f"{dynamic['cache']['test']['ppl']:.2f}")
     print(line, flush=True)
     return metrics
 
@@ -119,7 +124,11 @@ def tune_cache(cfg, corpus=None) -> dict:
     return out
 
 
-def _dynamic(trainer, lrs, lambdas, tune_tokens=0) -> dict:
+def _dynamic(trainer, lrs, lambdas, tune_tokens=0, cache=None) -> dict:
+    """Dynamic evaluation of valid and test at the best (lr, lambda) of the grid (tuned on the
+    first `tune_tokens` of validation when the grid has several). With `cache` = (thetas,
+    lambdas) and `--cache_window`, the cache pointer also runs on top of the adapting model:
+    its (theta, lambda) tuned on validation, recorded as `dynamic_eval_cache`."""
     cfg = trainer.cfg
     rms = gradient_rms(trainer.model, trainer.corpus.ids["train"], bptt=cfg.dynamic_eval_bptt,
                        max_batches=cfg.dynamic_eval_grad_batches)
@@ -130,11 +139,20 @@ def _dynamic(trainer, lrs, lambdas, tune_tokens=0) -> dict:
         search = evaluator.tune(valid_ids[:tune_tokens or None], lrs, lambdas,
                                 cfg.dynamic_eval_bptt)
         lrs, lambdas = [search["lr"]], [search["lambda"]]
+    keep = bool(cache and cfg.cache_window)
     out = {split: evaluator.evaluate(trainer.corpus.ids[split], lrs[0], lambdas[0],
-                                     cfg.dynamic_eval_bptt) for split in ("valid", "test")}
+                                     cfg.dynamic_eval_bptt, keep_outputs=keep)
+           for split in ("valid", "test")}
     if search:
         out["search"] = search
+    outputs = {split: out[split].pop("outputs") for split in ("valid", "test") if keep}
     _record(cfg, "dynamic_eval", out)
+    if keep:
+        valid = cache_grid(*outputs["valid"], cfg.cache_window, *cache)
+        test = cache_grid(*outputs["test"], cfg.cache_window, [valid["theta"]],
+                          [valid["lambda"]])
+        out["cache"] = {"valid": valid, "test": test}
+        _record(cfg, "dynamic_eval_cache", out["cache"])
     return out
 
 
@@ -144,9 +162,15 @@ def tune_dynamic_eval(cfg, corpus=None) -> dict:
     scale = cfg.dynamic_eval_bptt / 5  # the grids are given for 5-token segments
     out = _dynamic(trainer, [x * scale for x in float_list(cfg.dynamic_eval_lrs)],
                    [x * scale for x in float_list(cfg.dynamic_eval_lambdas)],
-                   cfg.dynamic_eval_tune_tokens)
+                   cfg.dynamic_eval_tune_tokens,
+                   cache=(float_list(cfg.cache_thetas), float_list(cfg.cache_lambdas)))
     print(f"| dynamic eval lr {out['valid']['lr']:.3g} lambda {out['valid']['lambda']:.3g} | "
           f"valid ppl {out['valid']['ppl']:.2f} | test ppl {out['test']['ppl']:.2f}", flush=True)
+    if "cache" in out:
+        valid, test = out["cache"]["valid"], out["cache"]["test"]
+        print(f"| + cache window {cfg.cache_window} theta {valid['theta']} lambda "
+              f"{valid['lambda']} | valid ppl {valid['ppl']:.2f} | test ppl {test['ppl']:.2f}",
+              flush=True)
     return out
 
 

@@ -102,7 +102,13 @@ def evaluate_with_cache(model, ids, batch_size: int, bptt: int, window: int, the
     the cache once per theta. Returns {'nll', 'ppl', 'theta', 'lambda'} of the best pair, the
     model's plain 'base_nll'/'base_ppl', the whole 'grid', 'tokens' and 'seconds'."""
     start = time.perf_counter()
-    h, y, logp = collect(model, ids, batch_size, bptt)
+    out = cache_grid(*collect(model, ids, batch_size, bptt), window, thetas, lambdas)
+    return {**out, "batch_size": batch_size, "seconds": time.perf_counter() - start}
+
+
+def cache_grid(h, y, logp, window: int, thetas, lambdas) -> dict:
+    """`evaluate_with_cache` on outputs already computed (`collect`'s h, y, log p_vocab; or
+    those of dynamic evaluation, whose p_vocab adapts as it goes), without 'seconds'."""
     grid = []
     for theta in thetas:
         probs, has = cache_probabilities(h, y, theta, window)
@@ -112,5 +118,4 @@ def evaluate_with_cache(model, ids, batch_size: int, bptt: int, window: int, the
     base = float(-np.mean(logp, dtype=np.float64))
     return {"nll": best["nll"], "ppl": perplexity(best["nll"]), "theta": best["theta"],
             "lambda": best["lambda"], "window": window, "base_nll": base,
-            "base_ppl": perplexity(base), "grid": grid, "tokens": int(y.size),
-            "batch_size": batch_size, "seconds": time.perf_counter() - start}
+            "base_ppl": perplexity(base), "grid": grid, "tokens": int(y.size)}

@@ -22,6 +22,7 @@ import shutil
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -34,7 +35,7 @@ from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock, RunError
 from tfawd.lm.evaluation import Evaluator, split_metrics
-from tfawd.lm.models import build_model
+from tfawd.lm.models import build_model, unstable_cluster_warning
 from tfawd.nn.losses import (
     activation_regularization,
     clip_gradients,
@@ -282,6 +283,11 @@ class Trainer(Loop):
         elif vocab is not None and vocab.words != corpus.vocab.words:
             raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
                            f"use a new --model_dir")
+        warning = unstable_cluster_warning(cfg, np.bincount(corpus.ids["train"],
+                                                            minlength=len(corpus.vocab)))
+        if warning:
+            logging.warning(warning)
+            print(f"warning: {warning}", flush=True)
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
         record_shapes(cfg, cfg.model_dir)
         corpus.vocab.save(run.vocab)

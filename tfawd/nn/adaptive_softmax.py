@@ -9,6 +9,9 @@
   a head softmax over the first cluster's words and one logit per tail cluster, each tail
   cluster a softmax of its own; optionally tied to an `AdaptiveEmbedding` (Baevski & Auli 2019,
   section 3, "adaptive input + adaptive softmax, tied").
+- `cluster_shares`, `sgd_unstable`, `balanced_cutoffs`: Grave et al. train with Adagrad; under
+  AWD-LSTM's SGD at lr 30 a tail cluster holding too many of the tokens makes its logit
+  oscillate, so cut-offs are chosen by token share, not by rank alone.
 
 Ids are taken in the given order: put frequent words at small ids for the speed-up to apply.
 Weights are created float32 (the dtype policy's variable dtype) without autocasting; every
@@ -39,6 +42,42 @@ def cluster_layout(vocab_size, dim, cutoffs, div, dim_name="output_dim"):
                          f"got {div!r}")
     dims = [max(1, int(dim // div**i)) for i in range(len(cutoffs) + 1)]
     return [0, *(int(c) for c in cutoffs), vocab_size], dims
+
+
+def cluster_shares(counts, bounds):
+    """Each cluster's share of the tokens: `counts[w]` occurrences of id w, `bounds` as
+    `cluster_layout` returns them."""
+    total = float(sum(counts)) or 1.0
+    return [float(sum(counts[lo:hi])) / total for lo, hi in zip(bounds, bounds[1:])]
+
+
+def sgd_unstable(share, lr):
+    """Whether plain SGD at `lr` oscillates on a tail cluster's logit at the unigram stage.
+
+    The cluster logit is one head output shared by every word of its cluster: its bias has
+    gradient mean(p_c - [y in c]) and curvature p_c (1 - p_c), and a gradient step on a
+    curvature-k coordinate is stable only while lr k < 2. Early in training p_c is the
+    cluster's token `share`. AWD-LSTM's SGD at lr 30 thus needs clusters of at most ~7% of the
+    tokens: WT2's words ranked 2000-10000 hold 15.6%, and with them the logit's bias swung
+    between 4 and 9 from step to step while the last LSTM layer's output collapsed to
+    |h| ~ 0.001 (a loss stuck at the unigram level for thousands of steps)."""
+    return lr * share * (1.0 - share) > 2.0
+
+
+def balanced_cutoffs(counts, head, max_share):
+    """Cut-offs [head, c_2, ...] for ids sorted by frequency (`counts[w]` occurrences of id w):
+    the head holds ids below `head`, then each tail cluster is extended while it holds at most
+    `max_share` of the tokens (the last one holds what remains, possibly less)."""
+    if not 0 < head < len(counts):
+        raise ValueError(f"head must be in (0, {len(counts)}), got {head!r}")
+    total, cutoffs, mass = float(sum(counts)), [head], 0.0
+    for w in range(head, len(counts)):
+        share = counts[w] / total
+        if mass and mass + share > max_share:
+            cutoffs.append(w)
+            mass = 0.0
+        mass += share
+    return cutoffs
 
 
 def cluster_of(ids, cutoffs):
