@@ -208,15 +208,19 @@ def torch_available() -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    import numpy as np
+
     from pipelines import bptt
     from pipelines.lm_corpus import load_corpus
     from tfawd.lm.evaluation import Evaluator
+    from tfawd.lm.models import resolve_cutoffs
     cfg = config.from_flags(FLAGS)
     from tfawd.lm.training import configure_runtime, vocab_order
     configure_runtime(cfg)
     if cfg.model != "awd_lstm":
         FLAGS.reference = False  # the reference is an AWD-LSTM
     corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
+    cfg = resolve_cutoffs(cfg, np.bincount(corpus.ids["train"], minlength=len(corpus.vocab)))
     vocab_size = len(corpus.vocab)
 
     ours = TfawdStep(cfg, corpus)

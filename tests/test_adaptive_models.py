@@ -2,6 +2,7 @@
 used (loss, perplexity, cache pointer, dynamic evaluation, generation), training, resuming,
 and the frequency-ordered vocabulary its clusters need. (The layers themselves:
 tests/test_adaptive_softmax.py; the export: tests/test_export.py, both softmaxes.)"""
+import dataclasses
 import json
 
 import numpy as np
@@ -12,8 +13,9 @@ from pipelines.vocab import Vocabulary
 from tests.test_awd_training import awd_cfg
 from tests.test_training import tiny_cfg
 from tfawd.lm import inference
-from tfawd.lm.models import build_model, unstable_cluster_warning
+from tfawd.lm.models import build_model, resolve_cutoffs, unstable_cluster_warning
 from tfawd.lm.training import RunError, Trainer, train
+from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable
 
 ADAPTIVE = dict(softmax="adaptive", adaptive_cutoffs="6,16", adaptive_div=2)
 
@@ -119,3 +121,35 @@ def test_a_cluster_too_large_for_sgd_is_warned_of_with_cutoffs_that_are_not(tmp_
     assert unstable_cluster_warning(awd_cfg(tmp_path, softmax="adaptive",
                                             adaptive_cutoffs="100,1000", lr=1), counts) is None
     assert unstable_cluster_warning(awd_cfg(tmp_path, lr=30), counts) is None  # full softmax
+
+
+def test_auto_cutoffs_give_a_head_then_clusters_sgd_is_stable_on():
+    counts = np.round(1e6 / np.arange(1, 30001)).astype(np.int64)  # Zipf, ids by frequency
+    cfg = awd_cfg("unused", softmax="adaptive", adaptive_cutoffs="auto", lr=30)
+    cutoffs = resolve_cutoffs(cfg, counts).adaptive_cutoffs_list()
+    assert cutoffs[0] == 2000 and len(cutoffs) > 2
+    shares = cluster_shares(counts, [0, *cutoffs, len(counts)])
+    assert all(s <= 1.5 / 30 and not sgd_unstable(s, 30) for s in shares[1:])
+    assert resolve_cutoffs(cfg, counts[:500]).adaptive_cutoffs_list()[0] == 100  # a fifth
+    assert resolve_cutoffs(awd_cfg("unused", softmax="adaptive", adaptive_cutoffs="auto",
+                                   lr=1), counts).adaptive_cutoffs == "2000"  # one tail
+    given = awd_cfg("unused", softmax="adaptive", adaptive_cutoffs="5,9")
+    assert resolve_cutoffs(given, counts) is given
+    with pytest.raises(ValueError, match="auto is resolved from the training corpus"):
+        cfg.adaptive_cutoffs_list()
+
+
+def test_a_run_with_auto_cutoffs_saves_them_resumes_and_loads(tiny_corpus, tmp_path):
+    cfg = awd_cfg(tmp_path / "run", max_steps=4, softmax="adaptive", adaptive_cutoffs="auto")
+    metrics = train(cfg, tiny_corpus)
+    resolved = metrics["adaptive_cutoffs"]
+    counts = np.bincount(tiny_corpus.ids["train"], minlength=len(tiny_corpus.vocab))
+    assert resolved == resolve_cutoffs(cfg, counts).adaptive_cutoffs != "auto"
+    assert json.load(open(tmp_path / "run" / "flags.json"))["adaptive_cutoffs"] == "auto"
+    assert json.load(open(tmp_path / "run" / "model.json"))["config"]["cutoffs"] == [
+        int(c) for c in resolved.split(",")]
+    again = train(dataclasses.replace(cfg, max_steps=6), tiny_corpus)  # resumes, same cut-offs
+    assert again["steps"] == 6 and again["adaptive_cutoffs"] == resolved
+    model, _ = inference.load_trained(str(tmp_path / "run"),
+                                      dataclasses.replace(cfg, explicit=("adaptive_cutoffs",)))
+    assert model.softmax.cutoffs == [int(c) for c in resolved.split(",")]

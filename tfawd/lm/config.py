@@ -13,6 +13,7 @@ from tfawd.core.flags import MODELS, SPEECH_DATASETS, define_fields
 from tfawd.core.flags import field as _f
 
 OPTIMIZERS = ("sgd", "ntasgd")
+AUTO = "auto"  # --adaptive_cutoffs chosen from the corpus (`tfawd.lm.models.resolve_cutoffs`)
 
 
 
@@ -45,11 +46,16 @@ class LMConfig:
                               "adaptive input embeddings (Baevski & Auli 2019), the vocabulary "
                               "ordered by frequency; exact normalised probabilities everywhere.",
                       choices=("full", "adaptive"))
-    adaptive_cutoffs: str = _f("2000,10000", "--softmax=adaptive: word ranks where the frequency "
-                                             "clusters start (increasing, below the vocabulary "
-                                             "size).")
-    adaptive_div: int = _f(4, "--softmax=adaptive: each cluster's embedding is this many times "
-                              "narrower than the previous one's.")
+    adaptive_cutoffs: str = _f("auto", "--softmax=adaptive: word ranks where the frequency "
+                                       "clusters start (increasing, below the vocabulary size), "
+                                       "or auto: a head of the 2,000 most frequent words (a "
+                                       "fifth of a smaller vocabulary), then tail clusters of "
+                                       "at most 1.5 / --lr of the training tokens each (larger "
+                                       "ones make SGD oscillate on their logit), resolved "
+                                       "from the training split and saved with the model.")
+    adaptive_div: int = _f(1, "--softmax=adaptive: each cluster's embedding is this many times "
+                              "narrower than the previous one's (Baevski & Auli use 4 with 2-3 "
+                              "clusters; 1 keeps every cluster at full width).")
     precision: str = _f("auto", "auto: mixed_bfloat16 where the hardware multiplies bfloat16 "
                                 "natively (CPUs with AMX / AVX512_BF16, GPUs of compute capability "
                                 ">= 8), float32 elsewhere (bf16 would be emulated, slower). "
@@ -120,9 +126,13 @@ class LMConfig:
     explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
 
     def adaptive_cutoffs_list(self) -> list:
-        """--adaptive_cutoffs as ints when --softmax=adaptive (else no clusters)."""
+        """--adaptive_cutoffs as ints when --softmax=adaptive (else no clusters); `auto` must
+        have been resolved from the corpus first (`tfawd.lm.models.resolve_cutoffs`)."""
         if self.softmax != "adaptive":
             return []
+        if self.adaptive_cutoffs == AUTO:
+            raise ValueError("--adaptive_cutoffs=auto is resolved from the training corpus "
+                             "(tfawd.lm.models.resolve_cutoffs) before a model is built")
         return [int(c) for c in self.adaptive_cutoffs.split(",") if c.strip()]
 
     def profile_range(self):
@@ -156,6 +166,8 @@ PROBABILITIES = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")
 
 
 def _valid_cutoffs(value):
+    if value == AUTO:
+        return True
     try:
         cutoffs = [int(c) for c in value.split(",") if c.strip()]
     except ValueError:
@@ -230,8 +242,8 @@ def define_flags(fv=flags.FLAGS):
     flags.register_validator("lr_decay", lambda v: v >= 1, "--lr_decay must be >= 1",
                              flag_values=fv)
     flags.register_validator("adaptive_cutoffs", _valid_cutoffs,
-                             "--adaptive_cutoffs must be increasing positive integers, e.g. "
-                             "2000,10000", flag_values=fv)
+                             "--adaptive_cutoffs must be auto or increasing positive integers, "
+                             "e.g. 2000,10000", flag_values=fv)
     flags.register_validator("adaptive_div", lambda v: v >= 1, "--adaptive_div must be >= 1",
                              flag_values=fv)
     flags.register_validator("profile_steps", _valid_profile_steps,

@@ -22,6 +22,7 @@ from absl import logging
 from pipelines.vocab import EOS, UNK, Vocabulary
 from tfawd.core.checkpoints import weights_checkpoint
 from tfawd.core.run_dir import RunDir
+from tfawd.lm.config import AUTO
 from tfawd.lm.models import architecture_flags, build_model, from_saved_config
 from tfawd.lm.training import RunError, flag_mismatches
 
@@ -50,7 +51,7 @@ def load_trained(model_dir: str, cfg):
         saved = architecture_flags(run.model)
         given = saved if cfg.explicit is None else cfg.explicit  # None: a config built in code
         conflicts = [f"--{k}={v} (now {getattr(cfg, k)})" for k, v in saved.items()
-                     if k in given and getattr(cfg, k) != v]
+                     if k in given and getattr(cfg, k) not in (v, AUTO)]  # auto: as resolved
         if conflicts:
             raise RunError(f"--model_dir={model_dir} was trained with {', '.join(conflicts)}; "
                            f"drop those flags (the run's own are read from its model.json)")

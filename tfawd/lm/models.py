@@ -5,11 +5,14 @@ carries the state across the windows of the BPTT stream, so the same model serve
 (batch 20-80), validation (batch 10), testing (batch 1) and prediction without `stateful` layers.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from tfawd.core import runtime
 from tfawd.core.checkpoints import load_config
+from tfawd.lm.config import AUTO
 from tfawd.nn.adaptive_softmax import (
     AdaptiveEmbedding,
     AdaptiveSoftmax,
@@ -264,6 +267,22 @@ def build_model(cfg, vocab_size: int) -> keras.Model:
             vocab_size, cfg.emsize, cfg.nhid, cfg.nlayers, cfg.dropout, cfg.tie_weights,
             **softmax))
     raise ValueError(f"unknown --model {cfg.model!r}")
+
+
+AUTO_HEAD = 2000  # --adaptive_cutoffs=auto: the head's words (a fifth of smaller vocabularies)
+
+
+def resolve_cutoffs(cfg, counts):
+    """`cfg` with `--adaptive_cutoffs=auto` replaced by cut-offs for ids sorted by frequency
+    (`counts[w]` training occurrences of id w): a head of min(2000, V // 5) words, then tail
+    clusters of at most 1.5 / lr of the tokens each (`balanced_cutoffs`; `sgd_unstable` says
+    why). Deterministic for a corpus and lr, so a resumed run resolves them alike; the model
+    saves the resolved ones. Any other value is returned unchanged."""
+    if cfg.softmax != "adaptive" or cfg.adaptive_cutoffs != AUTO:
+        return cfg
+    head = max(1, min(AUTO_HEAD, len(counts) // 5))
+    cutoffs = balanced_cutoffs(counts, head, 1.5 / cfg.lr)
+    return dataclasses.replace(cfg, adaptive_cutoffs=",".join(str(c) for c in cutoffs))
 
 
 def unstable_cluster_warning(cfg, counts) -> str | None:

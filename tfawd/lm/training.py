@@ -35,7 +35,7 @@ from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock, RunError
 from tfawd.lm.evaluation import Evaluator, split_metrics
-from tfawd.lm.models import build_model, unstable_cluster_warning
+from tfawd.lm.models import build_model, resolve_cutoffs, unstable_cluster_warning
 from tfawd.nn.losses import (
     activation_regularization,
     clip_gradients,
@@ -283,13 +283,16 @@ class Trainer(Loop):
         elif vocab is not None and vocab.words != corpus.vocab.words:
             raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
                            f"use a new --model_dir")
-        warning = unstable_cluster_warning(cfg, np.bincount(corpus.ids["train"],
-                                                            minlength=len(corpus.vocab)))
-        if warning:
-            logging.warning(warning)
-            print(f"warning: {warning}", flush=True)
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
-        record_shapes(cfg, cfg.model_dir)
+        record_shapes(cfg, cfg.model_dir)  # as given (`auto`: resolved alike on resuming)
+        if cfg.softmax == "adaptive":
+            counts = np.bincount(corpus.ids["train"], minlength=len(corpus.vocab))
+            self.cfg = cfg = resolve_cutoffs(cfg, counts)
+            logging.info("adaptive softmax: cut-offs %s", cfg.adaptive_cutoffs)
+            warning = unstable_cluster_warning(cfg, counts)
+            if warning:
+                logging.warning(warning)
+                print(f"warning: {warning}", flush=True)
         corpus.vocab.save(run.vocab)
         with dist.scope():  # the weights mirrored over the replicas
             try:
@@ -386,6 +389,8 @@ def _run_locked(cfg, corpus, init_from, dist) -> dict:
         "history": os.path.basename(RunDir(cfg.model_dir).history),
         "distribute": dist.describe(),
     })
+    if cfg.softmax == "adaptive":  # as resolved from `auto`, or as given
+        metrics["adaptive_cutoffs"] = trainer.cfg.adaptive_cutoffs
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
     print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "
