@@ -52,8 +52,10 @@ def run_variant(name, extra, model_dir) -> dict:
             "--max_epochs=100000", "--nofinal_test", *extra]
     start = time.perf_counter()
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"flags": extra, "error": out.stderr.strip().splitlines()[-1:]}
+    if out.returncode != 0:  # absl's "Pass --helpshort" hint comes after the reason
+        lines = out.stderr.strip().splitlines()
+        reasons = [line for line in lines if "error" in line.lower()]
+        return {"flags": extra, "error": (reasons or lines)[-3:]}
     with open(os.path.join(model_dir, "results.json")) as f:
         res = json.load(f)
     with open(os.path.join(model_dir, "history.json")) as f:
