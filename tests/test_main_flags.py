@@ -67,9 +67,11 @@ def test_non_training_modes_run_on_the_chief_only(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_config_files_parse(tmp_path):
-    """Every committed flagfile is accepted by the flag parser (validators included)."""
+def test_config_files_parse(tmp_path, monkeypatch):
+    """Every committed flagfile is accepted by the flag parser (validators included), from
+    the repository's root as the README runs them (a flagfile may include another)."""
     from absl import flags
+    monkeypatch.chdir(REPO)
 
     from tfawd.lm import config
     from tfawd.speech import config as speech_config
