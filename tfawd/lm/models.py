@@ -19,6 +19,7 @@ from tfawd.nn.adaptive_softmax import (
     balanced_cutoffs,
     cluster_shares,
     sgd_unstable,
+    stable_share,
 )
 from tfawd.nn.layers import EmbeddingDropout, LockedDropout, WeightDropLSTM
 from tfawd.nn.losses import decoder_nll
@@ -275,21 +276,21 @@ AUTO_HEAD = 2000  # --adaptive_cutoffs=auto: the head's words (a fifth of smalle
 def resolve_cutoffs(cfg, counts):
     """`cfg` with `--adaptive_cutoffs=auto` replaced by cut-offs for ids sorted by frequency
     (`counts[w]` training occurrences of id w): a head of min(2000, V // 5) words, then tail
-    clusters of at most 1.5 / lr of the tokens each (`balanced_cutoffs`; `sgd_unstable` says
-    why). Deterministic for a corpus and lr, so a resumed run resolves them alike; the model
-    saves the resolved ones. Any other value is returned unchanged."""
+    clusters of at most `stable_share(lr)` = 1.5 / lr of the tokens each (`balanced_cutoffs`;
+    `sgd_unstable` says why). Deterministic for a corpus and lr, so a resumed run resolves
+    them alike; the model saves the resolved ones. Any other value is returned unchanged."""
     if cfg.softmax != "adaptive" or cfg.adaptive_cutoffs != AUTO:
         return cfg
     head = max(1, min(AUTO_HEAD, len(counts) // 5))
-    cutoffs = balanced_cutoffs(counts, head, 1.5 / cfg.lr)
+    cutoffs = balanced_cutoffs(counts, head, stable_share(cfg.lr))
     return dataclasses.replace(cfg, adaptive_cutoffs=",".join(str(c) for c in cutoffs))
 
 
 def unstable_cluster_warning(cfg, counts) -> str | None:
     """With `--softmax=adaptive`: a warning naming the tail clusters whose logit plain SGD at
     `--lr` would make oscillate (`sgd_unstable`: too large a share of the training tokens,
-    `counts[w]` the occurrences of id w), and cut-offs of at most 1.5 / lr of the tokens per
-    tail cluster that avoid it; else None."""
+    `counts[w]` the occurrences of id w), and cut-offs of at most `stable_share(lr)` of the
+    tokens per tail cluster that avoid it; else None."""
     if cfg.softmax != "adaptive":
         return None
     cutoffs = cfg.adaptive_cutoffs_list()
@@ -299,11 +300,11 @@ def unstable_cluster_warning(cfg, counts) -> str | None:
            for i in range(1, len(shares)) if sgd_unstable(shares[i], cfg.lr)]
     if not bad:
         return None
-    fix = ",".join(str(c) for c in balanced_cutoffs(counts, cutoffs[0], 1.5 / cfg.lr))
+    fix = ",".join(str(c) for c in balanced_cutoffs(counts, cutoffs[0], stable_share(cfg.lr)))
     return (f"--adaptive_cutoffs={cfg.adaptive_cutoffs}: the tail cluster(s) {'; '.join(bad)} "
             f"of the training tokens; SGD at --lr={cfg.lr:g} makes such a cluster's logit "
             f"oscillate (lr * share * (1 - share) > 2) and the loss can stall at the unigram "
-            f"level for thousands of steps. Clusters of at most {1.5 / cfg.lr:.1%} each: "
+            f"level for thousands of steps. Clusters of at most {stable_share(cfg.lr):.1%} each: "
             f"--adaptive_cutoffs={fix}")
 
 

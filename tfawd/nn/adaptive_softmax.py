@@ -9,9 +9,9 @@
   a head softmax over the first cluster's words and one logit per tail cluster, each tail
   cluster a softmax of its own; optionally tied to an `AdaptiveEmbedding` (Baevski & Auli 2019,
   section 3, "adaptive input + adaptive softmax, tied").
-- `cluster_shares`, `sgd_unstable`, `balanced_cutoffs`: Grave et al. train with Adagrad; under
-  AWD-LSTM's SGD at lr 30 a tail cluster holding too many of the tokens makes its logit
-  oscillate, so cut-offs are chosen by token share, not by rank alone.
+- `cluster_shares`, `sgd_unstable`, `stable_share`, `balanced_cutoffs`: Grave et al. train
+  with Adagrad; under AWD-LSTM's SGD at lr 30 a tail cluster holding too many of the tokens
+  makes its logit oscillate, so cut-offs are chosen by token share, not by rank alone.
 
 Ids are taken in the given order: put frequent words at small ids for the speed-up to apply.
 Weights are created float32 (the dtype policy's variable dtype) without autocasting; every
@@ -62,6 +62,13 @@ def sgd_unstable(share, lr):
     between 4 and 9 from step to step while the last LSTM layer's output collapsed to
     |h| ~ 0.001 (a loss stuck at the unigram level for thousands of steps)."""
     return lr * share * (1.0 - share) > 2.0
+
+
+def stable_share(lr):
+    """The largest token share of a tail cluster used for SGD at `lr`: 1.5 / lr, a quarter
+    below `sgd_unstable`'s threshold (share ~ 2 / lr), since variable-length BPTT scales the
+    step up to ~1.3 lr and the batch's share varies around the corpus'."""
+    return 1.5 / lr
 
 
 def balanced_cutoffs(counts, head, max_share):
