@@ -79,7 +79,7 @@ def main(argv):
     base = dataclasses.replace(config.from_flags(FLAGS), softmax="adaptive")
     lm_training.configure_runtime(base)
     corpus = load_corpus(base.dataset, base.data_dir, order="frequency")
-    counts = np.bincount(corpus.ids["train"], minlength=len(corpus.vocab))
+    counts = corpus.word_counts()
     settings = {}
     for text in FLAGS.cutoffs:
         cutoffs, _, div = text.partition(":")

@@ -208,7 +208,6 @@ def torch_available() -> bool:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    import numpy as np
 
     from pipelines import bptt
     from pipelines.lm_corpus import load_corpus
@@ -220,7 +219,7 @@ def main(argv):
     if cfg.model != "awd_lstm":
         FLAGS.reference = False  # the reference is an AWD-LSTM
     corpus = load_corpus(cfg.dataset, cfg.data_dir, order=vocab_order(cfg))
-    cfg = resolve_cutoffs(cfg, np.bincount(corpus.ids["train"], minlength=len(corpus.vocab)))
+    cfg = resolve_cutoffs(cfg, corpus.word_counts())
     vocab_size = len(corpus.vocab)
 
     ours = TfawdStep(cfg, corpus)

@@ -7,6 +7,7 @@ empty lines included) and maps them to ids with a vocabulary built from the trai
 """
 import dataclasses
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -52,6 +53,10 @@ class Corpus:
     name: str
     vocab: Vocabulary
     ids: dict  # split -> np.ndarray[int32]
+
+    def word_counts(self, split: str = "train") -> np.ndarray:
+        """How often each vocabulary id occurs in `split` (length len(vocab), zeros kept)."""
+        return np.bincount(self.ids[split], minlength=len(self.vocab))
 
 
 def read_lines(name: str, split: str, data_dir: str | None = None, tfds_dir: str | None = None):

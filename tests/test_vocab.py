@@ -35,6 +35,16 @@ def test_wikitext2_exact_counts(wt2):
                                                       "=", EOS]
 
 
+def test_word_counts_cover_every_id_and_sum_to_the_split_length(wt2):
+    counts = wt2.word_counts()
+    assert counts.shape == (len(wt2.vocab),) and counts.sum() == len(wt2.ids["train"])
+    train = wt2.ids["train"]
+    assert counts[train[2]] == (train == train[2]).sum()  # "Valkyria"
+    valid = wt2.word_counts("valid")  # words seen only in train keep a zero count
+    assert valid.shape == counts.shape and valid.sum() == len(wt2.ids["valid"])
+    assert (valid == 0).any()
+
+
 def test_ptb_through_the_same_code_path(data_dir, tfds_dir):
     from pipelines.lm_corpus import load_corpus
     ptb = load_corpus("ptb", data_dir, tfds_dir)

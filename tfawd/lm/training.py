@@ -22,7 +22,6 @@ import shutil
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -286,7 +285,7 @@ class Trainer(Loop):
         os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
         record_shapes(cfg, cfg.model_dir)  # as given (`auto`: resolved alike on resuming)
         if cfg.softmax == "adaptive":
-            counts = np.bincount(corpus.ids["train"], minlength=len(corpus.vocab))
+            counts = corpus.word_counts()
             self.cfg = cfg = resolve_cutoffs(cfg, counts)
             logging.info("adaptive softmax: cut-offs %s", cfg.adaptive_cutoffs)
             warning = unstable_cluster_warning(cfg, counts)
