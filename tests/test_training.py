@@ -158,3 +158,6 @@ def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_p
     assert all(results[s]["command"] == " ".join(sys.argv) for s in ("plain", "cache"))
     assert results["plain"]["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert results["cache"]["test"]["base_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)
+    for split in ("valid", "test"):  # evaluate applies the given pair, no search
+        assert (results["cache"][split]["theta"], results["cache"][split]["lambda"]) == (
+            cfg.cache_theta, cfg.cache_lambda)

@@ -77,9 +77,22 @@ def _record(cfg, section: str, payload: dict) -> str:
     return path
 
 
-def _cache(trainer, split, batch_size, thetas, lambdas):
-    return evaluate_with_cache(trainer.model, trainer.corpus.ids[split], batch_size,
-                               trainer.cfg.bptt, trainer.cfg.cache_window, thetas, lambdas)
+def _tuned_on_valid(cache, thetas, lambdas) -> dict:
+    """The cache pointer's (theta, lambda) picked from the grid on validation, then applied
+    once to test: `cache(split, thetas, lambdas)` returns the best point of its grid."""
+    valid = cache("valid", thetas, lambdas)
+    return {"valid": valid, "test": cache("test", [valid["theta"]], [valid["lambda"]])}
+
+
+def _cache(trainer, thetas, lambdas) -> dict:
+    """The cache on the static model (valid at --eval_batch_size, test at --test_batch_size)."""
+    cfg = trainer.cfg
+    batch = {"valid": cfg.eval_batch_size, "test": cfg.test_batch_size}
+    return _tuned_on_valid(
+        lambda split, t, lam: evaluate_with_cache(trainer.model, trainer.corpus.ids[split],
+                                                  batch[split], cfg.bptt, cfg.cache_window,
+                                                  t, lam),
+        thetas, lambdas)
 
 
 def evaluate(cfg, corpus=None) -> dict:
@@ -89,9 +102,7 @@ def evaluate(cfg, corpus=None) -> dict:
     _record(cfg, "plain", metrics)
     line = f"| valid ppl {metrics['val_ppl']:.2f} | test ppl {metrics['test_ppl']:.2f}"
     if cfg.cache_window:
-        cache = {split: _cache(trainer, split, batch, [cfg.cache_theta], [cfg.cache_lambda])
-                 for split, batch in (("valid", cfg.eval_batch_size),
-                                      ("test", cfg.test_batch_size))}
+        cache = _cache(trainer, [cfg.cache_theta], [cfg.cache_lambda])
         _record(cfg, "cache", cache)
         metrics["cache"] = cache
         line += f" | with cache: {cache['valid']['ppl']:.2f} / {cache['test']['ppl']:.2f}"
@@ -113,10 +124,8 @@ def tune_cache(cfg, corpus=None) -> dict:
     if not cfg.cache_window:
         raise RunError("--mode=tune_cache needs --cache_window > 0 (the paper uses 3785)")
     trainer = _load(cfg, corpus)
-    valid = _cache(trainer, "valid", cfg.eval_batch_size, float_list(cfg.cache_thetas),
-                   float_list(cfg.cache_lambdas))
-    test = _cache(trainer, "test", cfg.test_batch_size, [valid["theta"]], [valid["lambda"]])
-    out = {"valid": valid, "test": test}
+    out = _cache(trainer, float_list(cfg.cache_thetas), float_list(cfg.cache_lambdas))
+    valid, test = out["valid"], out["test"]
     path = _record(cfg, "cache", out)
     print(f"| cache window {cfg.cache_window} theta {valid['theta']} lambda {valid['lambda']} "
           f"| valid ppl {valid['base_ppl']:.2f} -> {valid['ppl']:.2f} | test ppl "
@@ -148,10 +157,8 @@ def _dynamic(trainer, lrs, lambdas, tune_tokens=0, cache=None) -> dict:
     outputs = {split: out[split].pop("outputs") for split in ("valid", "test") if keep}
     _record(cfg, "dynamic_eval", out)
     if keep:
-        valid = cache_grid(*outputs["valid"], cfg.cache_window, *cache)
-        test = cache_grid(*outputs["test"], cfg.cache_window, [valid["theta"]],
-                          [valid["lambda"]])
-        out["cache"] = {"valid": valid, "test": test}
+        out["cache"] = _tuned_on_valid(
+            lambda split, t, lam: cache_grid(*outputs[split], cfg.cache_window, t, lam), *cache)
         _record(cfg, "dynamic_eval_cache", out["cache"])
     return out
 
