@@ -25,15 +25,14 @@ from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from lm_step import TfawdStep  # noqa: E402
 
-from pipelines import bptt  # noqa: E402
 from pipelines.lm_corpus import load_corpus  # noqa: E402
 from tfawd.core import reporting  # noqa: E402
 from tfawd.lm import config  # noqa: E402
 from tfawd.lm import training as lm_training  # noqa: E402
-from tfawd.lm.models import build_model, resolve_cutoffs  # noqa: E402
+from tfawd.lm.models import resolve_cutoffs  # noqa: E402
 from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable  # noqa: E402
 
 config.define_flags()
@@ -47,25 +46,19 @@ FLAGS = flags.FLAGS
 
 def run_setting(cfg, corpus, counts) -> dict:
     cfg = resolve_cutoffs(cfg, counts)
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg, len(corpus.vocab))
-    state = lm_training.LMState(model, cfg.batch_size, cfg.lr)
-    step = lm_training.make_train_step(model, lm_training.make_optimizer(cfg), state, cfg)
-    softmax = model.softmax
+    run = TfawdStep(cfg, corpus)
+    softmax = run.model.softmax
     bounds = [0, *cfg.adaptive_cutoffs_list(), len(counts)]
     shares = cluster_shares(counts, bounds)
-    windows = bptt.bptt_dataset(corpus.ids["train"], cfg.batch_size, cfg.bptt, seed=cfg.seed,
-                                variable=cfg.variable_bptt)
     losses, records, start = [], [], time.perf_counter()
-    for i, (x, y) in enumerate(windows.take(FLAGS.steps), 1):
-        loss, _ = step(x, y)
-        losses.append(float(loss))
+    for i in range(1, FLAGS.steps + 1):
+        losses.append(float(run.step(*run.next_window())[0]))
         if i % FLAGS.every == 0:
             head_bias = softmax.biases[0].numpy()
             records.append({
                 "step": i, "train_loss": float(np.mean(losses[-FLAGS.every:])),
                 "cluster_logit_bias": [round(float(b), 3) for b in head_bias[bounds[1]:]],
-                "mean_abs_last_state": float(np.abs(state.hidden[-1][0].numpy()).mean())})
+                "mean_abs_last_state": float(np.abs(run.state.hidden[-1][0].numpy()).mean())})
             print(f"{cfg.adaptive_cutoffs}: {records[-1]}", flush=True)
     return {"adaptive_cutoffs": cfg.adaptive_cutoffs, "adaptive_div": cfg.adaptive_div,
             "tail_shares": [round(s, 4) for s in shares[1:]],

@@ -23,7 +23,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lm_throughput  # noqa: E402  (its flags: --steps, --out, and every model flag)
-from lm_throughput import FLAGS, TfawdStep, config  # noqa: E402
+from lm_step import TfawdStep  # noqa: E402
+from lm_throughput import FLAGS, config  # noqa: E402
 
 flags.DEFINE_string("window", "100,200", "Steps [START, END) whose mean loss is compared.")
 flags.DEFINE_float("tolerance", 0.01, "Largest relative difference allowed.")

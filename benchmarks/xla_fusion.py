@@ -13,7 +13,8 @@ import statistics
 
 import lm_throughput
 from absl import app
-from lm_throughput import FLAGS, TfawdStep
+from lm_step import TfawdStep
+from lm_throughput import FLAGS
 
 
 def main(argv):
