@@ -30,6 +30,16 @@ def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
     assert "| Merity et al. 2017 | AWD-LSTM | 68.6 | 65.8 |" in table  # labelled as theirs
 
 
+def test_a_run_with_the_adaptive_softmax_says_so():
+    assert report.describe(RUN["flags"]) == "AWD-LSTM 200-400/400/200, tied"
+    assert report.describe({**RUN["flags"], "softmax": "adaptive"}) == (
+        "AWD-LSTM 200-400/400/200, tied, adaptive softmax")
+    base = {"model": "lstm", "emsize": 200, "nhid": 200, "nlayers": 2, "tie_weights": True}
+    assert report.describe({**base, "softmax": "full"}) == "2-layer LSTM 200/200, tied"
+    assert report.describe({**base, "softmax": "adaptive"}) == (
+        "2-layer LSTM 200/200, tied, adaptive softmax")
+
+
 def test_write_readme_replaces_only_the_generated_block(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "run.json").write_text(json.dumps(RUN))

@@ -31,11 +31,12 @@ def _load(path):
 
 
 def describe(flags: dict) -> str:
+    adaptive = ", adaptive softmax" if flags.get("softmax") == "adaptive" else ""
     if flags["model"] == "awd_lstm":
         sizes = [flags["nhid"]] * (flags["nlayers"] - 1) + [flags["emsize"]]
-        return f"AWD-LSTM {flags['emsize']}-{'/'.join(map(str, sizes))}, tied"
+        return f"AWD-LSTM {flags['emsize']}-{'/'.join(map(str, sizes))}, tied{adaptive}"
     tied = "tied" if flags.get("tie_weights") else "untied"
-    return f"{flags['nlayers']}-layer LSTM {flags['emsize']}/{flags['nhid']}, {tied}"
+    return f"{flags['nlayers']}-layer LSTM {flags['emsize']}/{flags['nhid']}, {tied}{adaptive}"
 
 
 def _pair(section) -> str:
