@@ -162,3 +162,22 @@ def test_mixed_bfloat16_keeps_float32_weights_state_and_loss(tiny_corpus, tmp_pa
     y = tf.constant(tiny_corpus.ids["train"][1:4 * 6 + 1].reshape(4, 6))
     loss, norm = t.task.train_step(x, y)
     assert loss.dtype == tf.float32 and np.isfinite(float(loss)) and np.isfinite(float(norm))
+
+
+def test_ntasgd_switches_at_the_scheduled_epoch_at_the_latest(tiny_corpus, tmp_path,
+                                                              monkeypatch):
+    """--average_after_epochs=3: validation improving every epoch, the switch comes at the end
+    of epoch 3; without the flag the same scores never switch."""
+    seen = {}
+    for after in (3, 0):
+        t = Trainer(awd_cfg(tmp_path / str(after), nonmono=2, average_after_epochs=after),
+                    tiny_corpus)
+        scripted = iter([5.0, 4.0, 3.0, 2.5, 2.4])
+        monkeypatch.setattr(t.task.evaluator, "evaluate", lambda *a, s=scripted: {
+            "nll": next(s), "ppl": 1.0, "seconds": 0.0})
+        seen[after] = []
+        for _ in range(5):
+            t.end_epoch()
+            seen[after].append(t.task.averaging)
+    assert seen[3] == [False, False, True, True, True]
+    assert seen[0] == [False] * 5

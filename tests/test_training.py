@@ -161,3 +161,37 @@ def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_p
     for split in ("valid", "test"):  # evaluate applies the given pair, no search
         assert (results["cache"][split]["theta"], results["cache"][split]["lambda"]) == (
             cfg.cache_theta, cfg.cache_lambda)
+
+
+def test_a_run_of_several_processes_lists_each_as_a_segment(tiny_corpus, tmp_path):
+    """segments.json (and results.json): one record per start or resume, its steps, seconds,
+    tokens and machine; the segments tile the run's steps and add up to its training time."""
+    train(tiny_cfg(tmp_path / "run", max_steps=10), tiny_corpus)
+    res = train(tiny_cfg(tmp_path / "run", max_steps=25), tiny_corpus)
+    segs = res["segments"]
+    assert [(s["first_step"], s["last_step"]) for s in segs] == [(0, 10), (10, 25)]
+    assert all(s["precision"] == "float32" and s["machine"]["cores"] for s in segs)
+    assert sum(s["train_seconds"] for s in segs) == pytest.approx(res["train_seconds"], abs=1e-2)
+    assert sum(s["train_tokens"] for s in segs) == res["train_tokens"]
+    assert all(s["tokens_per_s"] > 0 for s in segs)
+    with open(tmp_path / "run" / "segments.json") as f:
+        assert json.load(f) == segs
+
+
+@pytest.mark.parametrize("given, expected", [("auto", "float32"), ("mixed_bfloat16",
+                                                                    "mixed_bfloat16")])
+def test_a_resumed_run_keeps_its_precision_unless_told(tiny_corpus, tmp_path, capsys, given,
+                                                       expected):
+    """A run started in float32 that resumes where `auto` means bf16 stays float32 with a
+    notice; an explicit --precision changes it, with a notice and a new record."""
+    train(tiny_cfg(tmp_path / "run", max_steps=3), tiny_corpus)
+    capsys.readouterr()
+    cfg = tiny_cfg(tmp_path / "run", max_steps=6, precision="mixed_bfloat16")
+    cfg.precision_given = given  # as from_flags leaves it when auto resolved to bf16 here
+    t = Trainer(cfg, tiny_corpus)
+    assert t.cfg.precision == expected
+    assert t.task.model.dtype_policy.name == expected
+    notice = [line for line in capsys.readouterr().out.splitlines() if "notice" in line]
+    assert len(notice) == 1 and "float32" in notice[0]
+    with open(tmp_path / "run" / "flags.json") as f:
+        assert json.load(f)["precision"] == expected

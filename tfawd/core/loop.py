@@ -23,6 +23,7 @@ from tfawd.core import reporting
 from tfawd.core.checkpoints import RunCheckpoints
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import StopSignals, check_finite
+from tfawd.core.segments import Segments
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -51,7 +52,9 @@ class LoopConfig:
     time_budget_min: float = 0.0  # 0: no bound; counted from this process's start
     log_every: int = 50
     checkpoint_every: int = 0  # 0: at epoch ends and stops only
+    checkpoint_minutes: float = 0.0  # also when this long passed since the last save (0: off)
     profile: tuple | None = None  # (first step, end step) traced to TensorBoard
+    precision: str = "float32"  # the dtype policy the steps run in, recorded per segment
 
 
 class Task:
@@ -94,10 +97,11 @@ class Task:
         raise NotImplementedError
 
     def end_epoch(self, result: dict, improved: bool, history: list,
-                  minutes_left: float | None = None) -> tuple[str, bool]:
+                  minutes_left: float | None = None, epoch: int = 0) -> tuple[str, bool]:
         """The schedule after an epoch's validation (`history`: the checks before it;
-        `minutes_left`: of the time budget, None without one): (event to log, converged).
-        `validation_entry` is asked after it."""
+        `minutes_left`: of the time budget, None without one; `epoch`: the number of the
+        epoch that ended, from 1): (event to log, converged). `validation_entry` is asked
+        after it."""
         return "", False
 
     def averaged_weights(self):
@@ -123,12 +127,16 @@ class Loop:
         self.history_path, self.history = ckpts.history_path, ckpts.history
         self.resumed = ckpts.resumed
         self.tb_dir = RunDir(cfg.model_dir).tb
+        self.segments = Segments(RunDir(cfg.model_dir).segments)
         self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
                         for k in ("train", "valid")}
 
     def save(self):
+        st = self.state
         reporting.write_json(self.history_path, self.history)
-        self.manager.save(checkpoint_number=int(self.state.step))
+        self.manager.save(checkpoint_number=int(st.step))
+        self._last_save = time.perf_counter()
+        self.segments.update(int(st.step), float(st.train_seconds), int(st.train_units))
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> str:
@@ -139,7 +147,9 @@ class Loop:
 
     def _run(self, signals, profiler) -> str:
         cfg, st = self.settings, self.state
-        start = self._start = time.perf_counter()
+        self.segments.start(cfg.precision, int(st.step), float(st.train_seconds),
+                            int(st.train_units), self.task.unit)
+        start = self._start = self._last_save = time.perf_counter()
         while int(st.epoch) < cfg.max_epochs:
             if cfg.max_steps and int(st.step) >= cfg.max_steps:
                 return "max_steps"
@@ -165,7 +175,8 @@ class Loop:
                     self.keep_partial_epoch(stop)
                     self.save()
                     return stop
-                if cfg.checkpoint_every and int(st.step) % cfg.checkpoint_every == 0:
+                if (cfg.checkpoint_every and int(st.step) % cfg.checkpoint_every == 0) or \
+                        self._checkpoint_due():
                     self.save()
             if pending.steps:
                 self._log(pending, bar)
@@ -181,6 +192,16 @@ class Loop:
         if local == "max_steps" or self._agree is None:
             return local  # the step count is the same on every worker
         return reasons[int(self._agree(reasons.index(local), "max"))]
+
+    def _checkpoint_due(self) -> bool:
+        """`checkpoint_minutes` passed since the last save (looked at on logging steps, agreed
+        by the workers): a killed run loses at most about that much, whatever the step costs
+        on this machine."""
+        cfg = self.settings
+        if not cfg.checkpoint_minutes or int(self.state.step) % cfg.log_every:
+            return False
+        due = time.perf_counter() - self._last_save >= 60 * cfg.checkpoint_minutes
+        return bool(due if self._agree is None else self._agree(int(due), "max"))
 
     @property
     def _agree(self):
@@ -272,7 +293,8 @@ class Loop:
         st = self.state
         result, improved = self._validate(partial=False)
         event, converged = self.task.end_epoch(result, improved, self.history,
-                                               minutes_left=self.minutes_left())
+                                               minutes_left=self.minutes_left(),
+                                               epoch=int(st.epoch) + 1)
         event = event or ("best so far" if improved else "")
         self.history.append(self._validation_entry(result, event=event))
         seconds = f" | {result['seconds']:.0f}s" if "seconds" in result else ""
@@ -299,7 +321,8 @@ class Loop:
                 f"train_{self.task.unit}_per_s": int(st.train_units)
                 / max(float(st.train_seconds), 1e-9),
                 "num_parameters": int(sum(np.prod(v.shape)
-                                          for v in self.task.model.trainable_variables))}
+                                          for v in self.task.model.trainable_variables)),
+                "segments": self.segments.items}
 
     # -- profiling -----------------------------------------------------------------------
     @contextlib.contextmanager

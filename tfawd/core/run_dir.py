@@ -9,6 +9,7 @@
     vocab.txt        the language model's vocabulary, one word per line
     history.json     log lines and validation checks, in order
     commands.txt     every command line that trained the run
+    segments.json    each process that trained the run: machine, precision, steps, speed
     results.json     metrics, flags, versions and machine of the finished run
     eval_results.json  evaluation extras (cache pointer, dynamic evaluation)
     evaluation.json  the recogniser's scores from --mode=evaluate
@@ -37,6 +38,7 @@ class RunDir:
     vocab = property(lambda self: self._join("vocab.txt"))
     history = property(lambda self: self._join("history.json"))
     commands = property(lambda self: self._join("commands.txt"))
+    segments = property(lambda self: self._join("segments.json"))
     results = property(lambda self: self._join("results.json"))
     eval_results = property(lambda self: self._join("eval_results.json"))
     evaluation = property(lambda self: self._join("evaluation.json"))

@@ -85,6 +85,10 @@ class LMConfig:
                                       "at the first epoch end that leaves less than this many "
                                       "minutes of the budget, for budgets too short for the "
                                       "non-monotone trigger to fire (0: the trigger alone).")
+    average_after_epochs: int = _f(0, "ntasgd: switch to averaging at the end of this epoch "
+                                      "at the latest (0: the non-monotone trigger alone). An "
+                                      "epoch count, not a clock, so a run that resumes on "
+                                      "machines of other speeds switches at the same point.")
     clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
     seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
     # Evaluation extras (--mode=evaluate / tune_cache / tune_dynamic_eval)
@@ -117,6 +121,9 @@ class LMConfig:
                                 "--test_batch_size); recipe searches turn it off.")
     log_every: int = _f(50, "Steps between progress/TensorBoard updates.")
     checkpoint_every: int = _f(500, "Steps between checkpoints (also saved at each epoch end).")
+    checkpoint_every_min: float = _f(0.0, "Also checkpoint when this many minutes passed since "
+                                          "the last save (0: off): bounds what a killed run "
+                                          "loses on a machine of any speed.")
     profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
                                 "(TensorBoard profile tab).")
 
@@ -124,6 +131,9 @@ class LMConfig:
     # run's own architecture is checked against those only (`inference.load_trained`); None (a
     # config built in code): every field counts as given.
     explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
+    # Not a flag: --precision as given, before `auto` was resolved (a resumed run keeps its
+    # recorded precision when this is `auto`: `training.keep_run_precision`).
+    precision_given: str | None = dataclasses.field(default=None, metadata={"flag": False})
 
     def adaptive_cutoffs_list(self) -> list:
         """--adaptive_cutoffs as ints when --softmax=adaptive (else no clusters); `auto` must
@@ -146,6 +156,7 @@ POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_
             "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono",
             "dynamic_eval_bptt")
 NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "average_last_min",
+                "average_after_epochs", "checkpoint_every_min",
                 "alpha", "beta", "wdecay",
                 "cache_window", "cache_theta", "dynamic_eval_lr", "dynamic_eval_lambda",
                 "dynamic_eval_tune_tokens", "dynamic_eval_grad_batches")
@@ -256,6 +267,10 @@ def define_flags(fv=flags.FLAGS):
         "--average_last_min needs --optimizer=ntasgd and a longer --time_budget_min",
         flag_values=fv)
     flags.register_multi_flags_validator(
+        ["average_after_epochs", "optimizer"],
+        lambda d: not d["average_after_epochs"] or d["optimizer"] == "ntasgd",
+        "--average_after_epochs needs --optimizer=ntasgd", flag_values=fv)
+    flags.register_multi_flags_validator(
         ["tie_weights", "nhid", "emsize"],
         lambda d: not d["tie_weights"] or d["nhid"] == d["emsize"],
         "--tie_weights needs --nhid equal to --emsize", flag_values=fv)
@@ -274,5 +289,6 @@ def from_flags(fv=flags.FLAGS) -> LMConfig:
                    explicit=tuple(sorted(n for n in names if fv[n].present)))
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
+    cfg.precision_given = cfg.precision
     cfg.precision = runtime.resolve_precision(cfg.precision)
     return cfg

@@ -68,9 +68,42 @@ def check_resumable(cfg, model_dir: str) -> None:
 
 
 def record_shapes(cfg, model_dir: str) -> None:
+    """flags.json: the RESUME_FIXED flags as given, and the precision the run trains in (added
+    to a run recorded before precisions were kept)."""
+    path = RunDir(model_dir).flags
+    saved = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if "precision" in saved:
+            return
+    reporting.write_json(path, {**{k: getattr(cfg, k) for k in RESUME_FIXED}, **saved,
+                                "precision": cfg.precision})
+
+
+def keep_run_precision(cfg, model_dir: str):
+    """A resumed run trains in the precision it started with (flags.json), whatever
+    `--precision=auto` resolves to on this machine, with a one-line notice when they differ;
+    an explicit other `--precision` changes it, also with a notice (and flags.json then records
+    the new one). Never a silent change of numerics mid-run (issue 24)."""
     path = RunDir(model_dir).flags
     if not os.path.exists(path):
-        reporting.write_json(path, {k: getattr(cfg, k) for k in RESUME_FIXED})
+        return cfg
+    with open(path) as f:
+        saved = json.load(f).get("precision")
+    if saved is None or saved == cfg.precision:
+        return cfg
+    if cfg.precision_given in (None, "auto"):
+        print(f"notice: {model_dir} trains in {saved} (recorded in {path}); keeping it although "
+              f"--precision=auto means {cfg.precision} on this machine (pass --precision="
+              f"{cfg.precision} to change)", flush=True)
+        return dataclasses.replace(cfg, precision=saved)
+    print(f"notice: {model_dir} trained in {saved} so far; continuing in {cfg.precision} as "
+          f"--precision asks", flush=True)
+    with open(path) as f:
+        recorded = json.load(f)
+    reporting.write_json(path, {**recorded, "precision": cfg.precision})
+    return cfg
 
 
 class LMState(tf.Module):
@@ -237,12 +270,14 @@ class LanguageModelTask(Task):
             return self.optimizer.averaged_weights()
         return contextlib.nullcontext()
 
-    def end_epoch(self, result, improved, history, minutes_left=None):
+    def end_epoch(self, result, improved, history, minutes_left=None, epoch=0):
         """NT-ASGD's switch to averaging, or SGD's lr decay; converged when fine-tuning's
         averaged checks meet the non-monotone condition. With `--average_last_min`, NT-ASGD
         also switches when less of the time budget is left than that: a 2-hour run is still
         improving every epoch when it stops, so the trigger alone would never average (one
-        averaged epoch was worth ~11 perplexity points there; configs/awd_lstm_wt2_cpu.cfg)."""
+        averaged epoch was worth ~11 perplexity points there; configs/awd_lstm_wt2_cpu.cfg).
+        With `--average_after_epochs=N` it switches at the end of epoch N at the latest (a run
+        of many sessions on machines of different speeds: configs/awd_lstm_wt2_long.cfg)."""
         cfg, averaged = self.cfg, result["averaged"]
         # The non-monotone rule compares with the earlier checks of the same kind (as the
         # reference, fine-tuning does not count the score of the weights it started from).
@@ -252,9 +287,12 @@ class LanguageModelTask(Task):
         triggered = nonmonotone_trigger(earlier, result["score"], cfg.nonmono)
         budget_ending = bool(cfg.average_last_min and minutes_left is not None
                              and minutes_left < cfg.average_last_min)
-        if cfg.optimizer == "ntasgd" and not averaged and (triggered or budget_ending):
+        scheduled = bool(cfg.average_after_epochs and epoch >= cfg.average_after_epochs)
+        if cfg.optimizer == "ntasgd" and not averaged and (triggered or budget_ending
+                                                            or scheduled):
             self.optimizer.switch_to_averaging()
-            why = "" if triggered else f" ({max(minutes_left, 0):.1f} min of the budget left)"
+            why = ("" if triggered else f" (epoch {epoch}: --average_after_epochs)" if scheduled
+                   else f" ({max(minutes_left, 0):.1f} min of the budget left)")
             return "switched to averaged SGD" + why, False
         if cfg.optimizer == "sgd" and not improved and cfg.lr_decay > 1:
             self.lm.lr.assign(float(self.lm.lr) / cfg.lr_decay)
@@ -274,6 +312,7 @@ class Trainer(Loop):
         dist = distribution or distribute.local()
         dist.check_batch(cfg.batch_size)
         check_resumable(cfg, cfg.model_dir)
+        self.cfg = cfg = keep_run_precision(cfg, cfg.model_dir)
         keras.utils.set_random_seed(cfg.seed)
         run = RunDir(cfg.model_dir)
         vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
@@ -302,7 +341,8 @@ class Trainer(Loop):
                                            dist.strategy),
                          LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
                                     cfg.time_budget_min, cfg.log_every, cfg.checkpoint_every,
-                                    cfg.profile_range()),
+                                    checkpoint_minutes=cfg.checkpoint_every_min,
+                                    profile=cfg.profile_range(), precision=cfg.precision),
                          distribution=dist)
         if not os.path.exists(run.model):  # the architecture, with the weights
             save_config(model, run.model)
@@ -390,6 +430,8 @@ def _run_locked(cfg, corpus, init_from, dist) -> dict:
     })
     if cfg.softmax == "adaptive":  # as resolved from `auto`, or as given
         metrics["adaptive_cutoffs"] = trainer.cfg.adaptive_cutoffs
+    # the precision it trained in (a resumed run keeps its own: keep_run_precision)
+    cfg = dataclasses.replace(cfg, precision=trainer.cfg.precision)
     path = reporting.write_results(cfg.model_dir, cfg, metrics)
     test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
     print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "

@@ -1,0 +1,89 @@
+"""A run's validation perplexity by epoch beside a published learning curve (issue 24).
+
+The anchor is GluonNLP's training log of the paper-size AWD-LSTM on WikiText-2 (model zoo,
+awd_lstm_lm_1150_wikitext-2.log: emb 400, hidden 1150, 3 layers, tied, the paper's dropouts,
+NT-ASGD on a GPU), as quoted in the project's brief (../shared/GUIDE.md, section 3): validation
+perplexity after the given number of epochs. Writes one PNG (both curves, the seed's 80.27
+line) and prints a Markdown table of the run's figures at the anchor's epochs.
+
+  python benchmarks/anchor_curve.py --history=results/awd_lstm_wt2_long_history.json \
+      --out=results/awd_lstm_wt2_long_curve.png
+"""
+import json
+import os
+import sys
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from tfawd.core import reporting  # noqa: E402  (matplotlib set to Agg there)
+
+plt = reporting.plt
+
+# Epochs completed -> validation perplexity (GluonNLP's 400/1150 log; the brief's figures).
+GLUONNLP_1150 = {10: 148.0, 25: 102.2, 50: 85.9, 75: 80.6, 83: 79.35, 100: 78.7, 200: 75.7,
+                 750: 68.71}
+SEED_VALID = 80.27
+
+flags.DEFINE_string("history", None, "The run's history.json (or a results/*_history.json).")
+flags.DEFINE_string("out", None, "The PNG to write.")
+flags.DEFINE_string("label", "tfawd", "The run's name in the legend.")
+flags.mark_flags_as_required(["history", "out"])
+FLAGS = flags.FLAGS
+
+
+def epoch_curve(history: list) -> list:
+    """[(epoch, val_ppl, averaged)] of the epoch-end validations (partial checks left out)."""
+    return [(h["epoch"], h["val_ppl"], bool(h.get("averaged")))
+            for h in history if "val_ppl" in h and not h.get("partial") and not h.get("initial")]
+
+
+def table(curve: list, anchor: dict = GLUONNLP_1150) -> str:
+    """Markdown: at each anchor epoch the run has reached, both perplexities."""
+    ours = {e: p for e, p, _ in curve}
+    rows = ["| epochs | tfawd valid ppl | GluonNLP valid ppl |", "|---|---|---|"]
+    for epoch, theirs in anchor.items():
+        if epoch in ours:
+            rows.append(f"| {epoch} | {ours[epoch]:.2f} | {theirs:.2f} |")
+    if curve and curve[-1][0] not in anchor:
+        rows.append(f"| {curve[-1][0]} (latest) | {curve[-1][1]:.2f} | - |")
+    return "\n".join(rows)
+
+
+def plot(curve: list, path: str, label: str, anchor: dict = GLUONNLP_1150) -> str:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    sgd = [(e, p) for e, p, avg in curve if not avg]
+    avg = [(e, p) for e, p, a in curve if a]
+    if sgd:
+        ax.plot(*zip(*sgd), "o-", ms=3, label=f"{label}: SGD")
+    if avg:
+        ax.plot(*zip(*avg), "o-", ms=3, label=f"{label}: averaged (NT-ASGD)")
+    last = max([e for e, _, _ in curve] + [100])
+    ax.plot(*zip(*[(e, p) for e, p in anchor.items() if e <= last]), "s--", ms=4,
+            label="GluonNLP 400/1150 (published log)")
+    ax.axhline(SEED_VALID, color="gray", lw=1, ls=":", label=f"seed's AWD-LSTM row ({SEED_VALID})")
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs completed")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("AWD-LSTM 400/1150 on WikiText-2: validation by epoch")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(_):
+    with open(FLAGS.history) as f:
+        curve = epoch_curve(json.load(f))
+    if not curve:
+        raise app.UsageError(f"{FLAGS.history} holds no epoch-end validation yet")
+    plot(curve, FLAGS.out, FLAGS.label)
+    print(table(curve))
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
