@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
 from tfawd.lm.evaluation import Evaluator
@@ -88,3 +89,45 @@ def test_adapted_outputs_differ_from_the_static_ones(setup):
     np.testing.assert_allclose(adapted[0][:, :5], static[0][:, :5], atol=1e-6)  # segment 1
     assert np.abs(adapted[0][:, 5:] - static[0][:, 5:]).max() > 1e-4
     assert "outputs" not in evaluator.evaluate(ids, lr=0.0, lam=0.0, bptt=5)
+
+
+def _reference_dynamic_eval(model, rms, ids, lr, lam, bptt, epsilon=2e-5):
+    """The module doc's procedure written out one segment at a time in eager TensorFlow, the
+    form the evaluator had before it ran chunks of segments on the graph (issue 25)."""
+    from tfawd.nn.losses import token_nll
+    variables = model.trainable_variables
+    trained = [v.numpy() for v in variables]
+    rate = [r / np.mean([float(np.mean(q)) for q in rms]) for r in rms]
+    states, total, count = model.initial_state(1), 0.0, 0
+    try:
+        for i in range(0, len(ids) - 1, bptt):
+            x, y = ids[None, i:i + bptt], ids[None, i + 1:i + bptt + 1]
+            x = x[:, :y.shape[1]]
+            with tf.GradientTape() as tape:
+                logits, states = model(x, states, training=False)
+                nll = token_nll(logits, y)
+                loss = tf.reduce_mean(nll)
+            grads = tape.gradient(loss, variables)
+            total += float(tf.reduce_sum(nll))
+            count += y.shape[1]
+            for v, g, v0, r, q in zip(variables, grads, trained, rms, rate):
+                decay = (lam * np.minimum(q, 1 / lam)).astype(np.float32)
+                v.assign(v + decay * (v0 - v) - lr * tf.convert_to_tensor(g) / (r + epsilon))
+    finally:
+        for v, v0 in zip(variables, trained):
+            v.assign(v0)
+    return total / count
+
+
+@pytest.mark.parametrize("chunk, length", [(500, 203), (7, 203), (3, 200)])
+def test_adapted_perplexity_equals_the_segment_by_segment_procedure(setup, chunk, length):
+    """Chunks of segments on the graph (any chunk size, with or without a shorter last
+    segment) adapt exactly as the procedure run one segment at a time: 1e-4 relative."""
+    corpus, model, rms = setup
+    ids = corpus.ids["valid"][:length].astype(np.int32)
+    expected = _reference_dynamic_eval(model, rms, ids, lr=2e-2, lam=0.02, bptt=5)
+    got = DynamicEvaluator(model, rms, chunk=chunk).evaluate(ids, lr=2e-2, lam=0.02, bptt=5)
+    static = Evaluator(model).evaluate(ids, batch_size=1, bptt=5)
+    assert got["tokens"] == length - 1
+    assert abs(expected - static["nll"]) > 1e-3  # the weights did adapt
+    assert got["nll"] == pytest.approx(expected, rel=1e-4)

@@ -21,7 +21,7 @@ from absl import logging
 
 from pipelines.bptt import bptt_dataset
 from tfawd.nn import fusion
-from tfawd.nn.losses import perplexity, token_nll
+from tfawd.nn.losses import perplexity
 
 
 def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_batches: int = 0):
@@ -52,55 +52,102 @@ def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_bat
 
 
 @fusion.xla
-def _adapt(values, grads, trained, rms, decay_rate, lr, lam, epsilon):
-    """The update of the module doc for every weight, each one XLA-fused loop (the same
-    arithmetic as separate TensorFlow kernels: 3x slower in isolation)."""
+def _adapt(values, grads, trained, rms, lr, lam, inv_mean_rms, epsilon):
+    """The update of the module doc for every weight, each one XLA-fused pass that reads the
+    weight, its gradient, its trained value and its RMS and writes the weight (the decay rate
+    r = RMS_g / mean(RMS_g) is recomputed in the pass rather than read: one tensor less of
+    memory traffic a segment)."""
     cap = 1.0 / tf.maximum(lam, 1e-12)  # decay never overshoots theta_0
-    return [v + lam * tf.minimum(rate, cap) * (v0 - v) - lr * g / (r + epsilon)
-            for v, g, v0, r, rate in zip(values, grads, trained, rms, decay_rate)]
+    return [v + lam * tf.minimum(r * inv_mean_rms, cap) * (v0 - v) - lr * g / (r + epsilon)
+            for v, g, v0, r in zip(values, grads, trained, rms)]
 
 
 LOG_EVERY = 5000  # segments between progress lines
+CHUNK = 500  # segments a graph call adapts to (no Python or host sync in between)
+
+
+def update_bytes(model) -> int:
+    """Bytes of memory one segment's update must move: every trainable weight's value,
+    gradient, trained value and RMS read, and the value written (float32)."""
+    return 5 * 4 * int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
 class DynamicEvaluator:
     """Scores a stream while adapting `model`'s weights segment by segment (see module doc).
 
-    `rms` comes from `gradient_rms`. The trained weights are restored after every
-    `evaluate`, so one evaluator can try several (lr, lambda) pairs.
+    `rms` comes from `gradient_rms`. The segments run in chunks of `chunk` per graph call (a
+    `tf.while_loop`: score, gradient and update of each segment on the graph, the loss summed
+    there, the trained weights in variables rather than arguments), so the per-segment cost is
+    the model's forward + backward and one pass over the weights. The trained weights are
+    restored after every `evaluate`, so one evaluator can try several (lr, lambda) pairs.
     """
 
-    def __init__(self, model, rms, epsilon: float = 2e-5):
+    def __init__(self, model, rms, epsilon: float = 2e-5, chunk: int = CHUNK):
         self.model = model
         self.variables = model.trainable_variables
         self.rms = [tf.constant(r) for r in rms]
-        mean_rms = np.mean([float(np.mean(r)) for r in rms])
-        self.decay_rate = [tf.constant(r / mean_rms, tf.float32) for r in rms]
+        self.inv_mean_rms = tf.constant(1.0 / np.mean([float(np.mean(r)) for r in rms]),
+                                        tf.float32)
         self.epsilon = epsilon
-        self._step = None
+        self.chunk = chunk
+        self.trained = [tf.Variable(v, trainable=False) for v in self.variables]
+        self._chunks = {}  # (segment length, keep outputs) -> compiled chunk
 
-    def _make_step(self):
+    def _make_chunk(self, bptt: int, keep: bool):
+        """A graph call over `ids` [n * bptt + 1]: n segments scored then adapted to, in order.
+        Returns (sum of the targets' NLL, new states, and with `keep` the last layer's outputs
+        [n * bptt, H] and the targets' log-probabilities [n * bptt])."""
         model, variables = self.model, self.variables
-        spec = tf.TensorSpec([1, None], tf.int32)
-        state_spec = [(tf.TensorSpec([1, None]),) * 2 for _ in model.initial_state(1)]
+        nlayers = len(model.initial_state(1))
+        width = model.initial_state(1)[-1][0].shape[-1]
+        state_spec = [(tf.TensorSpec([1, None]),) * 2 for _ in range(nlayers)]
         scalar = tf.TensorSpec([], tf.float32)
 
-        @tf.function(input_signature=[spec, spec, state_spec, scalar, scalar] +
-                     [[tf.TensorSpec(v.shape, v.dtype) for v in variables]])
-        def step(x, y, states, lr, lam, trained):
-            with tf.GradientTape() as tape:
-                logits, states, acts = model(x, states, training=False,
-                                             return_activations=True)
-                nll = token_nll(logits, y)
+        def segment(x, y, states, lr, lam):
+            with tf.GradientTape() as tape:  # the fused output layer + NLL, as training
+                nll, states, acts = model(x, states, training=False, targets=y,
+                                          return_activations=True)
                 loss = tf.reduce_mean(nll)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-            adapted = _adapt([tf.convert_to_tensor(v) for v in variables], grads, trained, self.rms,
-                             self.decay_rate, lr, lam, self.epsilon)
+            adapted = _adapt([tf.convert_to_tensor(v) for v in variables], grads,
+                             [v.read_value() for v in self.trained], self.rms, lr, lam,
+                             self.inv_mean_rms, self.epsilon)
             for v, new in zip(variables, adapted):
                 v.assign(new)
-            return nll, states, tf.cast(acts["raw_last"], tf.float32)
+            return nll[0], states, tf.cast(acts["raw_last"], tf.float32)[0]
 
-        return step
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), state_spec, scalar,
+                                      scalar])
+        def chunk(ids, states, lr, lam):
+            n = (tf.shape(ids)[0] - 1) // bptt
+            total = tf.constant(0.0, tf.float64)
+            h_out = tf.TensorArray(tf.float32, size=n if keep else 0, element_shape=[bptt, width])
+            lp_out = tf.TensorArray(tf.float32, size=n if keep else 0, element_shape=[bptt])
+            flat = [t for layer in states for t in layer]
+            for i in tf.range(n):
+                tf.autograph.experimental.set_loop_options(
+                    shape_invariants=[(t, tf.TensorShape([1, None])) for t in flat])
+                x = tf.slice(ids, [i * bptt], [bptt])[None]
+                y = tf.slice(ids, [i * bptt + 1], [bptt])[None]
+                states = [tuple(flat[2 * j:2 * j + 2]) for j in range(nlayers)]
+                nll, states, h = segment(x, y, states, lr, lam)
+                flat = [t for layer in states for t in layer]
+                total += tf.cast(tf.reduce_sum(nll), tf.float64)
+                if keep:
+                    h_out = h_out.write(i, h)
+                    lp_out = lp_out.write(i, -nll)
+            states = [tuple(flat[2 * j:2 * j + 2]) for j in range(nlayers)]
+            if keep:
+                return total, states, h_out.concat(), lp_out.concat()
+            return total, states
+
+        return chunk
+
+    def _run(self, ids, bptt, states, lr, lam, keep):
+        key = (bptt, keep)
+        if key not in self._chunks:
+            self._chunks[key] = self._make_chunk(bptt, keep)
+        return self._chunks[key](tf.constant(ids, tf.int32), states, lr, lam)
 
     def evaluate(self, ids, lr: float, lam: float, bptt: int = 5,
                  keep_outputs: bool = False) -> dict:
@@ -108,33 +155,47 @@ class DynamicEvaluator:
         target of `ids` scored once, by the weights adapted to all previous segments. With
         `keep_outputs` also 'outputs': (h [1, N, H], y [1, N], log p [1, N]) as
         `tfawd.lm.pointer.collect` gives them, for the cache pointer on top (`cache_grid`)."""
-        self._step = self._step or self._make_step()
-        trained = [tf.identity(v) for v in self.variables]
-        start, total, count = time.perf_counter(), 0.0, 0
+        ids = np.asarray(ids, np.int32)
+        for v, t in zip(self.variables, self.trained):
+            t.assign(v)
+        start, total = time.perf_counter(), 0.0
         states = self.model.initial_state(1)
         lr, lam = tf.constant(lr, tf.float32), tf.constant(lam, tf.float32)
+        tokens = len(ids) - 1
+        full, tail = divmod(tokens, bptt)
+        # chunk bounds (in segments): at most self.chunk long, ending on every LOG_EVERY
+        bounds = sorted(set(list(range(0, full, self.chunk)) + list(range(0, full, LOG_EVERY))
+                            + [full]))
         kept = []
         try:
-            for segment, (x, y) in enumerate(bptt_dataset(ids, 1, bptt, variable=False), 1):
-                nll, states, h = self._step(x, y, states, lr, lam, trained)
-                total += float(tf.reduce_sum(nll))
-                count += int(tf.size(y))
+            for a, b in zip(bounds, bounds[1:]):
+                out = self._run(ids[a * bptt:b * bptt + 1], bptt, states, lr, lam, keep_outputs)
+                total += float(out[0])
+                states = out[1]
                 if keep_outputs:
-                    kept.append((h.numpy(), y.numpy(), -nll.numpy()))
-                if segment % LOG_EVERY == 0:  # a whole split takes minutes: say how far it is
+                    kept.append((out[2].numpy(), out[3].numpy()))
+                if b % LOG_EVERY == 0:  # a whole split takes minutes: say how far it is
+                    count = b * bptt
                     logging.info("dynamic eval: %d / %d tokens, ppl so far %.2f, %.0f tokens/s",
-                                 count, len(ids) - 1, perplexity(total / count),
+                                 count, tokens, perplexity(total / count),
                                  count / (time.perf_counter() - start))
+            if tail:  # the last, shorter segment
+                out = self._run(ids[full * bptt:], tail, states, lr, lam, keep_outputs)
+                total += float(out[0])
+                if keep_outputs:
+                    kept.append((out[2].numpy(), out[3].numpy()))
         finally:
-            for v, v0 in zip(self.variables, trained):
+            for v, v0 in zip(self.variables, self.trained):
                 v.assign(v0)
         seconds = time.perf_counter() - start
-        mean = total / count
-        out = {"nll": mean, "ppl": perplexity(mean), "tokens": count, "seconds": seconds,
-               "tokens_per_s": count / seconds, "lr": float(lr), "lambda": float(lam),
+        mean = total / tokens
+        out = {"nll": mean, "ppl": perplexity(mean), "tokens": tokens, "seconds": seconds,
+               "tokens_per_s": tokens / seconds, "lr": float(lr), "lambda": float(lam),
                "bptt": bptt}
         if keep_outputs:
-            out["outputs"] = tuple(np.concatenate(part, 1) for part in zip(*kept))
+            h = np.concatenate([k[0] for k in kept])[None]
+            logp = np.concatenate([k[1] for k in kept])[None]
+            out["outputs"] = (h, ids[None, 1:], logp)
         return out
 
     def tune(self, ids, lrs, lambdas, bptt: int = 5) -> dict:
