@@ -6,6 +6,7 @@ softmax). Words outside the vocabulary map to `<unk>` (WikiText-2 and PTB alread
 it, so their valid/test splits have none left over).
 """
 import collections
+import os
 
 import numpy as np
 
@@ -65,11 +66,36 @@ class Vocabulary:
         """Tokens that `encode` maps to `<unk>` without being `<unk>` themselves."""
         return sum(1 for t in tokens if t not in self.index)
 
+    def text(self) -> str:
+        """The file `save` writes: one word a line."""
+        return "\n".join(self.words) + "\n"
+
     def save(self, path):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(self.words) + "\n")
+        """One word a line, written to a temporary name and renamed (never half a file)."""
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.text())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return cls(line.rstrip("\n") for line in f)
+        """The vocabulary `save` wrote; `DataError` naming the file when it is missing, not
+        UTF-8 text, empty, or has blank or repeated lines (a damaged copy)."""
+        from pipelines.corpus_files import DataError
+        fix = "restore it from a copy of the run folder (it maps the model's ids to words)"
+        try:
+            with open(path, encoding="utf-8") as f:
+                words = [line.rstrip("\n") for line in f]
+        except FileNotFoundError:
+            raise DataError(f"{path} is missing; {fix}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is damaged (not UTF-8 text); {fix}") from None
+        if not words or any(not w or " " in w for w in words):
+            raise DataError(f"{path} is damaged (empty, or a blank line or a space inside a "
+                            f"word); {fix}")
+        try:
+            return cls(words)
+        except ValueError:
+            raise DataError(f"{path} is damaged (a word listed twice); {fix}") from None

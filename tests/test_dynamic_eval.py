@@ -51,7 +51,7 @@ def test_a_long_evaluation_reports_its_progress(setup, monkeypatch, caplog):
     from tfawd.lm import dynamic_eval
     corpus, model, rms = setup
     monkeypatch.setattr(dynamic_eval, "LOG_EVERY", 10)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):  # whatever verbosity another test left
         DynamicEvaluator(model, rms).evaluate(corpus.ids["valid"][:101], lr=0.0, lam=0.0, bptt=5)
     lines = [r.getMessage() for r in caplog.records if "dynamic eval" in r.getMessage()]
     assert [line.split(",")[0] for line in lines] == ["dynamic eval: 50 / 100 tokens",

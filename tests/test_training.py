@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +196,30 @@ def test_a_resumed_run_keeps_its_precision_unless_told(tiny_corpus, tmp_path, ca
     assert len(notice) == 1 and "float32" in notice[0]
     with open(tmp_path / "run" / "flags.json") as f:
         assert json.load(f)["precision"] == expected
+
+
+def test_the_training_clock_leaves_out_the_time_the_process_was_stopped():
+    """SIGSTOP / SIGCONT (a pause to free the cores for a measurement): the seconds the
+    process was stopped are not training seconds."""
+    import signal
+    import subprocess
+    import textwrap
+    code = textwrap.dedent("""
+        import time
+        from tfawd.core.loop import clock
+        c = clock(); t0, w0 = c.now(), time.perf_counter()
+        print("ready", flush=True)
+        while time.perf_counter() - w0 < 12:
+            time.sleep(0.1)
+        print(round(time.perf_counter() - w0, 1), round(c.now() - t0, 1), flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(7)
+    proc.send_signal(signal.SIGCONT)
+    wall, clocked = map(float, proc.communicate(timeout=60)[0].split())
+    assert wall >= 12
+    assert clocked == pytest.approx(wall - 7, abs=1.5)

@@ -7,12 +7,15 @@ A run resumes from the newest checkpoint that reads whole: one that is truncated
 shard or holds other shapes (a full disk, a copy cut short) is named in one line and the one
 before it is used, so a long run never ends on one damaged file (issue 27).
 """
+import contextlib
+import errno
 import json
 import os
 
 import tensorflow as tf
 from absl import logging
 
+from tfawd.core import files
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import RunError
 
@@ -21,6 +24,23 @@ KEEP = 3  # checkpoints kept in ckpt/: the fallbacks when the newest cannot be r
 # missing shard or index (NotFoundError), other shapes or a foreign file (ValueError,
 # InvalidArgumentError, AssertionError from assert_consumed).
 READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, AssertionError, KeyError, OSError)
+
+
+@contextlib.contextmanager
+def checkpoint_writes(folder: str, what: str = "a checkpoint"):
+    """A checkpoint save (or another TensorFlow write, `what`) that fails for lack of space ends
+    the run with one line (`DiskFull`); TensorFlow writes the new checkpoint under temporary
+    names and records it only once whole, so the previous ones stay usable."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        text = getattr(e, "message", "") or str(e)
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+                "No space left" in text or "quota" in text.lower():
+            raise files.DiskFull(f"no space left on the device saving {what} in {folder}; "
+                                 f"free space and re-run the same command (it resumes from the "
+                                 f"previous checkpoint, which is intact)") from None
+        raise
 
 
 def weights_checkpoint(model) -> tf.train.Checkpoint:
@@ -39,15 +59,74 @@ def save_config(model, path: str) -> None:
     nanoGPT keeps its config in the checkpoint), so a trained run is rebuilt without flags."""
     config = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name",
                                                                        "trainable")}
-    with open(path, "w") as f:
-        json.dump({"class": type(model).__name__, "config": config}, f, indent=1)
-        f.write("\n")
+    files.write_json(path, {"class": type(model).__name__, "config": config})
+
+
+def check_saved_config(model, path: str) -> None:
+    """A resumed run's model.json must describe the model the flags built (one line naming
+    the file when it is damaged or another run's)."""
+    saved = load_config(path)
+    mine = {k: v for k, v in model.get_config().items() if k not in ("dtype", "name",
+                                                                    "trainable")}
+    if saved["class"] != type(model).__name__ or json.loads(json.dumps(mine)) != saved["config"]:
+        raise RunError(f"{path} describes another model than this run's flags build (a copy "
+                       f"from another run?); restore it from a copy of the run folder")
 
 
 def load_config(path: str) -> dict:
-    """{"class": ..., "config": ...} as `save_config` wrote it."""
-    with open(path) as f:
-        return json.load(f)
+    """{"class": ..., "config": ...} as `save_config` wrote it; one line naming the file when
+    it is missing, not JSON or not of that shape."""
+    fix = "restore it from a copy of the run folder (it describes the architecture of its weights)"
+    saved = files.read_json(path, "the model's architecture", fix)
+    if not (isinstance(saved, dict) and isinstance(saved.get("class"), str)
+            and isinstance(saved.get("config"), dict)):
+        raise RunError(f"{path} is damaged (no model class and config in it); {fix}")
+    return saved
+
+
+def restore_weights(checkpoint, path: str, model_json: str = "", partial: bool = False) -> None:
+    """`checkpoint.restore(path)` with every variable matched; a damaged or foreign checkpoint
+    (truncated, missing shard, other shapes than `model_json` describes) gives one line."""
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial().assert_existing_objects_matched()
+        else:
+            status.assert_consumed()
+    except READ_ERRORS as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        other = f" or does not match {model_json}" if model_json else ""
+        raise RunError(f"checkpoint {path} cannot be read{other} ({reason}); restore the run "
+                       f"folder from a copy") from None
+
+
+def latest(folder: str) -> str | None:
+    """The newest checkpoint of `folder` (None when it has none), as `tf.train.latest_checkpoint`,
+    except that a damaged state file (`folder/checkpoint`) is rebuilt from the checkpoints
+    present, with a one-line warning, instead of ending in a decoding error."""
+    repair_state(folder)
+    return tf.train.latest_checkpoint(folder)
+
+
+def repair_state(folder: str) -> None:
+    """Rewrites `folder/checkpoint` from the `*.index` files present when it cannot be parsed
+    (a documented fallback: the state file is only an index of the checkpoints)."""
+    state = os.path.join(folder, "checkpoint")
+    if not os.path.exists(state):
+        return
+    try:
+        tf.train.get_checkpoint_state(folder)
+        return
+    except Exception as e:  # text-proto parse, decoding: whatever a damaged file raises
+        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+    prefixes = sorted((f[:-len(".index")] for f in os.listdir(folder) if f.endswith(".index")),
+                      key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit()
+                      else -1)
+    print(f"warning: {state} cannot be read ({reason}); rebuilt from the {len(prefixes)} "
+          f"checkpoint(s) in the folder", flush=True)
+    lines = [f'model_checkpoint_path: "{prefixes[-1]}"'] if prefixes else []
+    lines += [f'all_model_checkpoint_paths: "{p}"' for p in prefixes]
+    files.write_text(state, "\n".join(lines) + "\n")
 
 
 class RunCheckpoints:
@@ -57,6 +136,8 @@ class RunCheckpoints:
     def __init__(self, model, model_dir: str, **state):
         self.checkpoint = tf.train.Checkpoint(model=weights_checkpoint(model), **state)
         run = RunDir(model_dir)
+        repair_state(run.ckpt)
+        repair_state(run.best)
         self.manager = tf.train.CheckpointManager(self.checkpoint, run.ckpt, KEEP)
         self.best = tf.train.CheckpointManager(weights_checkpoint(model), run.best, 1)
         self.history_path = run.history

@@ -5,12 +5,13 @@ Library code takes a config dataclass (`tfawd.lm.config.LMConfig`,
 `tfawd.speech.config.SpeechConfig`); only `main.py` touches absl.
 """
 import dataclasses
-import json
 import os
 
 from absl import flags
 
+from tfawd.core import files
 from tfawd.core.run_dir import RunDir
+from tfawd.core.run_guard import RunError
 
 MODELS = ("lstm", "awd_lstm", "las")  # --model: the language models, then the recogniser
 SPEECH_DATASETS = ("spoken_digits", "espeak", "manifest", "npy")  # --dataset for --model=las
@@ -51,8 +52,11 @@ def recorded_flags(model_dir: str) -> dict:
     run = RunDir(model_dir)
     for path, key in ((run.results, "flags"), (run.flags, None)):
         if os.path.exists(path):
-            with open(path) as f:
-                record = json.load(f)
+            record = files.read_json(path, fix="restore it from a copy of the run folder, or "
+                                     "remove it and give the run's flags on the command line")
+            if not isinstance(record, dict) or (key and not isinstance(record.get(key), dict)):
+                raise RunError(f"{path} is damaged (no flags in it); restore it from a copy of "
+                               f"the run folder")
             return record.get(key, {}) if key else record
     return {}
 

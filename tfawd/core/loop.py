@@ -13,6 +13,7 @@ loop's counters (`RunState`) and the task's own state (`Task.state`). Re-running
 import contextlib
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Iterable
 
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfawd.core import reporting
-from tfawd.core.checkpoints import RunCheckpoints
+from tfawd.core.checkpoints import RunCheckpoints, checkpoint_writes
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import StopSignals, check_finite
 from tfawd.core.segments import Segments
@@ -128,15 +129,18 @@ class Loop:
         self.resumed = ckpts.resumed
         self.tb_dir = RunDir(cfg.model_dir).tb
         self.segments = Segments(RunDir(cfg.model_dir).segments)
-        self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
-                        for k in ("train", "valid")}
+        with checkpoint_writes(self.tb_dir, "TensorBoard logs"):
+            self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
+                            for k in ("train", "valid")}
 
     def save(self):
         st = self.state
         reporting.write_json(self.history_path, self.history)
-        self.manager.save(checkpoint_number=int(st.step))
+        with checkpoint_writes(self.manager.directory):
+            self.manager.save(checkpoint_number=int(st.step))
         self._last_save = time.perf_counter()
-        self.segments.update(int(st.step), float(st.train_seconds), int(st.train_units))
+        self.segments.update(int(st.step), float(st.train_seconds), int(st.train_units),
+                             clock().paused)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> str:
@@ -148,7 +152,7 @@ class Loop:
     def _run(self, signals, profiler) -> str:
         cfg, st = self.settings, self.state
         self.segments.start(cfg.precision, int(st.step), float(st.train_seconds),
-                            int(st.train_units), self.task.unit)
+                            int(st.train_units), self.task.unit, clock().paused)
         start = self._start = self._last_save = time.perf_counter()
         while int(st.epoch) < cfg.max_epochs:
             if cfg.max_steps and int(st.step) >= cfg.max_steps:
@@ -260,7 +264,8 @@ class Loop:
             if kept:
                 if not partial:
                     st.best_score.assign(result["score"])
-                self.best.save(checkpoint_number=int(st.step))
+                with checkpoint_writes(self.best.directory):
+                    self.best.save(checkpoint_number=int(st.step))
         return result, kept
 
     def _validation_entry(self, result: dict, **fields) -> dict:
@@ -334,14 +339,52 @@ class Loop:
             profiler.stop()
 
 
+class PauseAwareClock:
+    """Seconds that leave out the time the process was stopped (SIGSTOP to free the cores
+    for a measurement, a suspended VM): a daemon thread ticks every `tick` seconds, and a gap
+    between ticks longer than `tick + slack` counts as paused. `now()` is `perf_counter()`
+    less the pauses seen so far; training seconds are measured on it."""
+
+    def __init__(self, tick: float = 0.5, slack: float = 4.5):
+        self.tick, self.slack, self.paused = tick, slack, 0.0
+        self._lock = threading.Lock()
+        self._last = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pause-clock")
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            time.sleep(self.tick)
+            t = time.perf_counter()
+            with self._lock:
+                gap = t - self._last
+                if gap > self.tick + self.slack:
+                    self.paused += gap - self.tick
+                self._last = t
+
+    def now(self) -> float:
+        with self._lock:
+            return time.perf_counter() - self.paused
+
+
+CLOCK = None  # the process's PauseAwareClock, started by the first loop
+
+
+def clock() -> PauseAwareClock:
+    global CLOCK
+    if CLOCK is None:
+        CLOCK = PauseAwareClock()
+    return CLOCK
+
+
 class _Pending:
-    """The step values, units and time since the last log line."""
+    """The step values, units and (pause-free) time since the last log line."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.values, self.units, self.steps, self.t0 = [], 0, 0, time.perf_counter()
+        self.values, self.units, self.steps, self.t0 = [], 0, 0, clock().now()
 
     def add(self, values: dict, units: int):
         self.values.append(values)
@@ -349,7 +392,7 @@ class _Pending:
         self.steps += 1
 
     def seconds(self) -> float:
-        return time.perf_counter() - self.t0
+        return clock().now() - self.t0
 
     def means(self) -> dict:
         return {k: float(np.mean([v[k] for v in self.values])) for k in self.values[0]}

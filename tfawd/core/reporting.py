@@ -1,7 +1,6 @@
 """Run outputs: results.json (metrics, flags, versions, machine and oneDNN state, timing) and
 the loss-curve PNG."""
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -9,7 +8,7 @@ import sys
 import keras
 import matplotlib
 
-from tfawd.core import runtime
+from tfawd.core import files, runtime
 from tfawd.core.run_dir import RunDir
 
 matplotlib.use("Agg")
@@ -28,19 +27,14 @@ def versions() -> dict:
 
 
 def write_json(path, payload) -> None:
-    """Writes atomically (a killed run never leaves a half-written file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes atomically (a killed run never leaves a half-written file: `files`)."""
+    files.write_json(path, payload)
 
 
 def record_command(model_dir) -> None:
     """Appends this process's command line to <model_dir>/commands.txt when it starts training:
     a run resumed after an interruption or a time budget lists every invocation that trained it."""
-    with open(RunDir(model_dir).commands, "a") as f:
-        f.write(" ".join(sys.argv) + "\n")
+    files.append_line(RunDir(model_dir).commands, " ".join(sys.argv))
 
 
 def write_results(model_dir, cfg, metrics: dict) -> str:
@@ -49,7 +43,10 @@ def write_results(model_dir, cfg, metrics: dict) -> str:
     path = RunDir(model_dir).results
     command = " ".join(sys.argv)
     log = RunDir(model_dir).commands
-    commands = open(log).read().splitlines() if os.path.exists(log) else [command]
+    commands = [command]
+    if os.path.exists(log):  # a damaged byte shows as U+FFFD rather than stopping the report
+        with open(log, encoding="utf-8", errors="replace") as f:
+            commands = f.read().splitlines()
     precision = {"precision": cfg.precision} if hasattr(cfg, "precision") else {}
     write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **precision, **metrics,
                       "flags": dataclasses.asdict(cfg), "versions": versions(),
@@ -74,7 +71,7 @@ def plot_loss_curve(history: list, path: str, title: str = "") -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    files.save_figure(fig, path)
     plt.close(fig)
     return path
 

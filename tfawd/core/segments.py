@@ -8,10 +8,10 @@ segment whenever it checkpoints, so the file agrees with what a resume would con
 results.json carries the list.
 """
 import datetime
-import json
 import os
 
-from tfawd.core import reporting, runtime
+from tfawd.core import files, reporting, runtime
+from tfawd.core.run_guard import RunError
 
 
 def machine_summary() -> dict:
@@ -33,11 +33,16 @@ class Segments:
         self.path = path
         self.items = []
         if os.path.exists(path):
-            with open(path) as f:
-                self.items = json.load(f)
+            self.items = files.read_json(path, "the record of the run's segments",
+                                         "remove it to start a new record (the run's "
+                                         "checkpoints do not need it)")
+            if not isinstance(self.items, list):
+                raise RunError(f"{path} is damaged (not a list of segments); remove it to "
+                               f"start a new record")
 
-    def start(self, precision: str, step: int, seconds: float, units: int, unit: str) -> dict:
-        self._base = (seconds, units)
+    def start(self, precision: str, step: int, seconds: float, units: int, unit: str,
+              paused: float = 0.0) -> dict:
+        self._base = (seconds, units, paused)
         self.unit = unit
         self.items.append({"started": _now(), "machine": machine_summary(),
                            "precision": precision, "first_step": int(step),
@@ -46,12 +51,14 @@ class Segments:
         reporting.write_json(self.path, self.items)
         return self.items[-1]
 
-    def update(self, step: int, seconds: float, units: int) -> None:
+    def update(self, step: int, seconds: float, units: int, paused: float = 0.0) -> None:
+        """`paused`: the process clock's stopped seconds so far (left out of train_seconds)."""
         if not self.items:
             return
         seg = self.items[-1]
         secs, n = seconds - self._base[0], units - self._base[1]
         seg.update({"last_step": int(step), "train_seconds": round(secs, 3),
+                    "paused_seconds": round(paused - self._base[2], 1),
                     f"train_{self.unit}": int(n), "ended": _now(),
                     f"{self.unit}_per_s": round(n / secs, 1) if secs > 0 else None})
         reporting.write_json(self.path, self.items)

@@ -16,6 +16,8 @@ import re
 
 import tensorflow as tf
 
+from tfawd.core import files
+
 SERVING_ROOT = "/models"  # where docker's tensorflow/serving sees the export folder
 
 
@@ -50,8 +52,7 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{root}/{n}'\n"
                       f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
     path = os.path.join(base_dir, "models.config")
-    with open(path, "w") as f:
-        f.write(f"model_config_list {{\n{entries}}}\n")
+    files.write_text(path, f"model_config_list {{\n{entries}}}\n")
     return path
 
 

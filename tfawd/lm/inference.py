@@ -20,7 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines.vocab import EOS, UNK, Vocabulary
-from tfawd.core.checkpoints import weights_checkpoint
+from tfawd.core.checkpoints import latest as latest_checkpoint
+from tfawd.core.checkpoints import restore_weights, weights_checkpoint
 from tfawd.core.run_dir import RunDir
 from tfawd.lm.config import AUTO
 from tfawd.lm.models import architecture_flags, build_model, from_saved_config
@@ -41,8 +42,8 @@ def load_trained(model_dir: str, cfg):
     field of a config built in code) must agree with the run's: a conflict is refused naming
     both values."""
     run = RunDir(model_dir)
-    best = tf.train.latest_checkpoint(run.best)
-    last = tf.train.latest_checkpoint(run.ckpt)
+    best = latest_checkpoint(run.best)
+    last = latest_checkpoint(run.ckpt)
     if not os.path.exists(run.vocab) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
@@ -56,6 +57,10 @@ def load_trained(model_dir: str, cfg):
             raise RunError(f"--model_dir={model_dir} was trained with {', '.join(conflicts)}; "
                            f"drop those flags (the run's own are read from its model.json)")
         model = from_saved_config(run.model, cfg.precision)
+        if model.vocab_size != len(vocab):
+            raise RunError(f"{run.vocab} has {len(vocab)} words but {run.model} a vocabulary of "
+                           f"{model.vocab_size}: one of them is damaged or from another run; "
+                           f"restore the run folder from a copy")
     else:
         diff = flag_mismatches(cfg, model_dir, _ARCHITECTURE)
         if diff:
@@ -63,10 +68,10 @@ def load_trained(model_dir: str, cfg):
                            f"pass the flags it was trained with")
         model = build_model(cfg, len(vocab))
     if best:
-        weights_checkpoint(model).restore(best).assert_consumed()
+        restore_weights(weights_checkpoint(model), best, run.model)
     else:  # the training checkpoint also holds the optimizer and run state: skip those
-        status = tf.train.Checkpoint(model=weights_checkpoint(model)).restore(last)
-        status.expect_partial().assert_existing_objects_matched()
+        restore_weights(tf.train.Checkpoint(model=weights_checkpoint(model)), last, run.model,
+                        partial=True)
     logging.info("Loaded %s (vocabulary of %d words)", best or last, len(vocab))
     return model, vocab
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfawd.core import runtime
 from tfawd.core.checkpoints import load_config
+from tfawd.core.run_guard import RunError
 from tfawd.lm.config import AUTO
 from tfawd.nn.adaptive_softmax import (
     AdaptiveEmbedding,
@@ -331,13 +332,25 @@ def from_saved_config(path: str, precision: str = "float32") -> keras.Model:
     """The model `save_config` described, built (weights at their initial values) and computing
     in `precision` ("auto" resolved for this machine)."""
     saved = load_config(path)
-    return built_in(precision, lambda: MODEL_CLASSES[saved["class"]](**saved["config"]))
+    if saved["class"] not in MODEL_CLASSES:
+        raise RunError(f"{path} names model class {saved['class']!r}, not a language model "
+                       f"({', '.join(MODEL_CLASSES)}); restore it from a copy of the run folder")
+    try:
+        return built_in(precision, lambda: MODEL_CLASSES[saved["class"]](**saved["config"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise RunError(f"{path} is damaged (its config does not build a "
+                       f"{saved['class']}: {str(e).splitlines()[0][:120]}); restore it from a "
+                       f"copy of the run folder") from None
 
 
 def architecture_flags(path: str) -> dict:
     """The flags (`--model`, `--emsize`, ...) that describe the model of a saved config."""
     saved = load_config(path)
     c = saved["config"]
+    if saved["class"] not in MODEL_FLAG or not all(k in c for k in ("emsize", "nhid",
+                                                                     "nlayers")):
+        raise RunError(f"{path} is damaged or not a language model's (class "
+                       f"{saved['class']!r}); restore it from a copy of the run folder")
     out = {"model": MODEL_FLAG[saved["class"]], "emsize": c["emsize"], "nhid": c["nhid"],
            "nlayers": c["nlayers"], "softmax": c.get("softmax", "full")}
     if saved["class"] == "LstmLanguageModel":

@@ -14,22 +14,20 @@ Each mode adds its section to `<model_dir>/eval_results.json` (`plain`, `cache`,
 `dynamic_eval`, `dynamic_eval_cache`, each with the command that made it), leaving the others
 in place, so the report sees every method's figures.
 """
-import json
 import os
 import sys
 import typing
 
-import tensorflow as tf
-
 from pipelines.lm_corpus import Corpus, load_corpus
-from tfawd.core import reporting
+from tfawd.core import files, reporting
+from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.run_dir import RunDir
 from tfawd.lm.config import float_list
 from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
 from tfawd.lm.evaluation import Evaluator, split_metrics
 from tfawd.lm.inference import load_trained
 from tfawd.lm.pointer import cache_grid, evaluate_with_cache
-from tfawd.lm.training import RunError
+from tfawd.lm.training import FIX_FLAGS, RunError
 
 
 class LoadedRun(typing.NamedTuple):
@@ -43,15 +41,15 @@ def _load(cfg, corpus=None) -> LoadedRun:
     """The model of `cfg.model_dir` with its best weights (the latest if never validated),
     built from the run's own config (no optimizer, no training step), and its corpus read with
     the run's vocabulary (its dataset unless --dataset is given)."""
-    if not tf.train.latest_checkpoint(RunDir(cfg.model_dir).ckpt):
+    if not latest_checkpoint(RunDir(cfg.model_dir).ckpt):
         raise RunError(f"no checkpoint in --model_dir={cfg.model_dir}; train one first "
                        f"(--mode=train) or point --model_dir at a trained run")
     model, vocab = load_trained(cfg.model_dir, cfg)
     if corpus is None:
         dataset = cfg.dataset
         if "dataset" not in (cfg.explicit or ()) and os.path.exists(RunDir(cfg.model_dir).flags):
-            with open(RunDir(cfg.model_dir).flags) as f:
-                dataset = json.load(f).get("dataset", dataset)
+            dataset = files.read_json(RunDir(cfg.model_dir).flags,
+                                      fix=FIX_FLAGS).get("dataset", dataset)
         corpus = load_corpus(dataset, cfg.data_dir, vocab=vocab)
     elif vocab.words != corpus.vocab.words:
         raise RunError(f"{RunDir(cfg.model_dir).vocab} differs from the corpus vocabulary")
@@ -61,7 +59,7 @@ def _load(cfg, corpus=None) -> LoadedRun:
 def _score(run: LoadedRun) -> dict:
     """Validation and test perplexity of the loaded weights (validation at
     --eval_batch_size, test at --test_batch_size, as training's final evaluation)."""
-    weights = "best" if tf.train.latest_checkpoint(RunDir(run.cfg.model_dir).best) else "last"
+    weights = "best" if latest_checkpoint(RunDir(run.cfg.model_dir).best) else "last"
     return {"weights": weights, **split_metrics(Evaluator(run.model), run.corpus, run.cfg)}
 
 
@@ -69,8 +67,8 @@ def _record(cfg, section: str, payload: dict) -> str:
     path = RunDir(cfg.model_dir).eval_results
     results = {}
     if os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)
+        results = files.read_json(path, fix="move it aside (earlier evaluation results are in "
+                                  "it) and run the command again")
     results[section] = {**payload, "command": " ".join(sys.argv)}
     results["versions"] = reporting.versions()
     reporting.write_json(path, results)
@@ -203,7 +201,7 @@ def predict(cfg, inf) -> dict:
     contexts = inference.read_contexts(inf.contexts, vocab, inf.strict)
     scores = inference.next_word_scores(model, contexts)
     path = _default_output(cfg, inf.output, "predictions.npy")
-    np.save(path, scores)
+    files.save_npy(path, scores)
     out = {"contexts": len(contexts), "scores": path, "shape": list(scores.shape)}
     if inf.targets:
         if inf.targets.endswith(".npy"):
@@ -243,8 +241,8 @@ def generate(cfg, inf) -> list:
                                       beam_size=inf.beam_size, strict=inf.strict,
                                       eos=f" {EOS} ", **kwargs)
     path = _default_output(cfg, inf.output, "generated.txt")
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(r["continuation"].replace("\n", " ") + "\n" for r in results)
+    files.write_text(path, "".join(r["continuation"].replace("\n", " ") + "\n"
+                                   for r in results))
     mean = sum(r["mean_nll"] for r in results) / len(results)
     _record(cfg, "generate", {"prompts": len(results), "output": path, "mean_nll": mean,
                               "method": inf.method, "num_tokens": inf.num_tokens})

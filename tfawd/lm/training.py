@@ -16,7 +16,6 @@ the same `--model_dir` resumes from it.
 """
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -28,8 +27,9 @@ from absl import logging
 from pipelines import bptt
 from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
-from tfawd.core import distribute, reporting, runtime
-from tfawd.core.checkpoints import save_config
+from tfawd.core import distribute, files, reporting, runtime
+from tfawd.core.checkpoints import check_saved_config, load_config, save_config
+from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock, RunError
@@ -48,13 +48,23 @@ RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", 
                 "softmax", "adaptive_cutoffs", "adaptive_div")
 
 
-def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
-    """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
+FIX_FLAGS = "restore it from a copy of the run folder (it records the flags the run must keep)"
+
+
+def read_flags(model_dir: str) -> dict:
+    """The run's flags.json ({} when it has none), or one line naming it when damaged."""
     path = RunDir(model_dir).flags
     if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        saved = json.load(f)
+        return {}
+    saved = files.read_json(path, fix=FIX_FLAGS)
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} is damaged (not a JSON object); {FIX_FLAGS}")
+    return saved
+
+
+def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
+    """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
+    saved = read_flags(model_dir)
     return [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in keys
             if k in saved and saved[k] != getattr(cfg, k)]
 
@@ -63,20 +73,18 @@ def check_resumable(cfg, model_dir: str) -> None:
     """Refuses to reuse a model_dir trained with other shapes (see `record_shapes`)."""
     diff = flag_mismatches(cfg, model_dir)
     if diff:
-        raise RunError(f"{model_dir} holds a run made with {', '.join(diff)}; "
-                       f"use those flags to resume it, or a new --model_dir")
+        raise RunError(f"{model_dir} holds a run made with {', '.join(diff)} (its "
+                       f"{os.path.basename(RunDir(model_dir).flags)}); use those flags to "
+                       f"resume it, or a new --model_dir")
 
 
 def record_shapes(cfg, model_dir: str) -> None:
     """flags.json: the RESUME_FIXED flags as given, and the precision the run trains in (added
     to a run recorded before precisions were kept)."""
     path = RunDir(model_dir).flags
-    saved = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if "precision" in saved:
-            return
+    saved = read_flags(model_dir)
+    if "precision" in saved:
+        return
     reporting.write_json(path, {**{k: getattr(cfg, k) for k in RESUME_FIXED}, **saved,
                                 "precision": cfg.precision})
 
@@ -87,10 +95,7 @@ def keep_run_precision(cfg, model_dir: str):
     an explicit other `--precision` changes it, also with a notice (and flags.json then records
     the new one). Never a silent change of numerics mid-run (issue 24)."""
     path = RunDir(model_dir).flags
-    if not os.path.exists(path):
-        return cfg
-    with open(path) as f:
-        saved = json.load(f).get("precision")
+    saved = read_flags(model_dir).get("precision")
     if saved is None or saved == cfg.precision:
         return cfg
     if cfg.precision_given in (None, "auto"):
@@ -100,9 +105,7 @@ def keep_run_precision(cfg, model_dir: str):
         return dataclasses.replace(cfg, precision=saved)
     print(f"notice: {model_dir} trained in {saved} so far; continuing in {cfg.precision} as "
           f"--precision asks", flush=True)
-    with open(path) as f:
-        recorded = json.load(f)
-    reporting.write_json(path, {**recorded, "precision": cfg.precision})
+    reporting.write_json(path, {**read_flags(model_dir), "precision": cfg.precision})
     return cfg
 
 
@@ -331,12 +334,20 @@ class Trainer(Loop):
             if warning:
                 logging.warning(warning)
                 print(f"warning: {warning}", flush=True)
-        corpus.vocab.save(run.vocab)
+        if vocab is None:  # a resumed run's vocabulary is already there, equal to the corpus's
+            files.write_text(run.vocab, corpus.vocab.text())
         with dist.scope():  # the weights mirrored over the replicas
             try:
                 model = build_model(cfg, len(corpus.vocab))
             except ValueError as e:  # flags the model cannot be built with
                 raise RunError(str(e)) from None
+        if os.path.exists(run.model):  # a resumed run: its saved architecture must be this one
+            saved = load_config(run.model)["config"].get("vocab_size")
+            if saved is not None and saved != len(corpus.vocab):
+                raise RunError(f"{run.vocab} has {len(corpus.vocab)} words but {run.model} a "
+                               f"vocabulary of {saved}: one of them is damaged or from another "
+                               f"run; restore the run folder from a copy")
+            check_saved_config(model, run.model)
         super().__init__(LanguageModelTask(cfg, corpus, model, init_from is not None,
                                            dist.strategy),
                          LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
@@ -390,7 +401,7 @@ def finetune(cfg, corpus: Corpus | None = None,
     non-monotone condition fires on the averaged validation checks (the reference's
     finetune.py); runs in `<model_dir>/finetune`, keeps the better model there."""
     run = RunDir(cfg.model_dir)
-    parent = tf.train.latest_checkpoint(run.best)
+    parent = latest_checkpoint(run.best)
     if not parent:
         raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
     child = dataclasses.replace(cfg, model_dir=run.finetune.path,

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.speech_features import CharVocab
-from tfawd.core import reporting
+from tfawd.core import files, reporting
 from tfawd.core.run_dir import RunDir
 from tfawd.speech import inference
 from tfawd.speech.data import featurized
@@ -87,7 +87,7 @@ def attention_figure(attention, chars, title=""):
 
 def plot_attention(attention, chars, path, title="") -> str:
     fig = attention_figure(attention, chars, title)
-    fig.savefig(path)
+    files.save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -119,7 +119,7 @@ def plot_history(history, path, title="") -> str:
     ax.legend(loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    files.save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -164,7 +164,7 @@ def write_attention(model_dir, result, n=N_ATTENTION) -> dict:
         plot_attention(m, result["steps"][i],
                                    os.path.join(folder, f"valid_{i:02d}.png"),
                                    f"ref: {result['refs'][i]}\nhyp: {result['hyps'][i]}")
-    np.save(RunDir(model_dir).attention_npy, padded)
+    files.save_npy(RunDir(model_dir).attention_npy, padded)
     return diagonality(maps, result["out_lengths"][:n], result["frames"][:n])
 
 

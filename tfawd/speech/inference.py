@@ -2,17 +2,20 @@
 `model.json` (the architecture saved with the weights), its best weights restored.
 """
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
 
 from pipelines import speech_features
 from pipelines.speech_features import CharVocab
-from tfawd.core.checkpoints import load_config, weights_checkpoint
+from tfawd.core import files
+from tfawd.core.checkpoints import latest as latest_checkpoint
+from tfawd.core.checkpoints import load_config, restore_weights, weights_checkpoint
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import RunError
 from tfawd.speech.las import ListenAttendSpell
+
+FIX_RESULTS = "restore it from a copy of the run folder, or re-run its training command"
 
 
 def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
@@ -58,8 +61,7 @@ def _saved_model_flags(cfg) -> dict | None:
         saved = load_config(run.model)["config"]
         return {flag: saved[key] for flag, key in MODEL_FLAGS.items()}
     if os.path.exists(run.results):
-        with open(run.results) as f:
-            saved = json.load(f).get("flags", {})
+        saved = files.read_json(run.results, fix=FIX_RESULTS).get("flags", {})
         defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
         return {k: saved.get(k, defaults[k]) for k in MODEL_FLAGS}
     return None
@@ -85,12 +87,12 @@ def trained_model_flags(cfg):
 def load_trained(cfg) -> tuple:
     """(model, cfg with the run's architecture) of the trained run in `cfg.model_dir`: the
     model only, its best weights restored."""
-    best = tf.train.latest_checkpoint(RunDir(cfg.model_dir).best)
+    best = latest_checkpoint(RunDir(cfg.model_dir).best)
     if not best:
         raise RunError(f"no trained weights in {cfg.model_dir}/best: train first")
     cfg = trained_model_flags(cfg)
     model = build_las(cfg, CharVocab())
-    weights_checkpoint(model).restore(best).assert_consumed()
+    restore_weights(weights_checkpoint(model), best, RunDir(cfg.model_dir).model)
     return model, cfg
 
 
@@ -129,8 +131,7 @@ def sample_rate_of(cfg) -> int:
     results = RunDir(cfg.model_dir).results
     rate = 0
     if os.path.exists(results):
-        with open(results) as f:
-            rate = int(json.load(f).get("sample_rate") or 0)
+        rate = int(files.read_json(results, fix=FIX_RESULTS).get("sample_rate") or 0)
     if not rate:
         from tfawd.speech.data import sources
         rate = sources(cfg)[1]

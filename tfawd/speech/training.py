@@ -25,7 +25,7 @@ from absl import logging
 from pipelines import speech_features
 from pipelines.speech_features import CharVocab
 from tfawd.core import distribute, reporting
-from tfawd.core.checkpoints import save_config
+from tfawd.core.checkpoints import check_saved_config, save_config
 from tfawd.core.loop import Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock
@@ -202,6 +202,8 @@ class SpeechTrainer(Loop):
         os.makedirs(cfg.model_dir, exist_ok=True)
         if not os.path.exists(RunDir(cfg.model_dir).model):  # the architecture, with the weights
             save_config(self.model, RunDir(cfg.model_dir).model)
+        else:
+            check_saved_config(self.model, RunDir(cfg.model_dir).model)
         if self.resumed:
             logging.info("Resumed at epoch %d, batch %d", int(self.state.epoch),
                          int(self.state.batch))
