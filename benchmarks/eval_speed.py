@@ -11,10 +11,12 @@ the first --tokens of the validation split:
   traffic;
 - batch-1 evaluation (the reference's protocol for test) and the cache pointer (its model pass
   and the cache's scoring of a 2 x 2 grid) at --bptt.
-Every timed call runs once untimed first (tracing, XLA compiles).
+Every timed call runs once untimed first (tracing, XLA compiles), then --rounds times: the
+median is reported, each round beside it.
 
   python benchmarks/eval_speed.py --config=configs/awd_lstm_wt2_cpu.cfg --out=F
 """
+import statistics
 import time
 
 import common  # noqa: F401  (first: sys.path and oneDNN)
@@ -26,6 +28,8 @@ from tfawd.lm import config
 flags.DEFINE_integer("tokens", 2000, "Validation tokens each evaluation scores.")
 flags.DEFINE_integer("copy_mb", 512, "Size of the arrays the bandwidth copy moves.")
 flags.DEFINE_integer("grad_batches", 5, "Training windows for the gradient statistics.")
+flags.DEFINE_integer("rounds", 3, "Timed calls of each evaluation (after one untimed); the "
+                     "median is reported (this machine's speed is bimodal from call to call).")
 flags.DEFINE_string("out", None, "Also write the JSON here.")
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -43,12 +47,15 @@ def memory_bandwidth(megabytes: int, reps: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
-def timed(fn):
-    """fn() once to warm up, then once timed: (result, seconds)."""
+def timed(fn, rounds: int):
+    """fn() once to warm up, then `rounds` times timed: (result, median seconds, all)."""
     fn()
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = fn()
+        seconds.append(time.perf_counter() - start)
+    return out, statistics.median(seconds), seconds
 
 
 def main(argv):
@@ -75,17 +82,18 @@ def main(argv):
                                     max_batches=FLAGS.grad_batches)
     evaluator = dynamic_eval.DynamicEvaluator(model, rms)
     seg = cfg.dynamic_eval_bptt
-    dyn, dyn_s = timed(lambda: evaluator.evaluate(ids, lr=5e-5, lam=0.002, bptt=seg))
+    dyn, dyn_s, dyn_all = timed(lambda: evaluator.evaluate(ids, lr=5e-5, lam=0.002, bptt=seg),
+                                FLAGS.rounds)
     segments = -(-dyn["tokens"] // seg)
     per_segment = dyn_s / segments
     nbytes = 5 * 4 * params  # dynamic_eval.update_bytes(model)
     floor = nbytes / bandwidth
 
     static = Evaluator(model)
-    b1, b1_s = timed(lambda: static.evaluate(ids, 1, cfg.bptt))
+    b1, b1_s, b1_all = timed(lambda: static.evaluate(ids, 1, cfg.bptt), FLAGS.rounds)
     cache = lambda: pointer.evaluate_with_cache(model, ids, 1, cfg.bptt, 2000, [0.5, 1.0],  # noqa
                                                 [0.1, 0.2])
-    _, cache_s = timed(cache)
+    _, cache_s, cache_all = timed(cache, FLAGS.rounds)
     result = {
         **common.record("eval_speed"), "config": common.config_path(),
         "precision": cfg.precision, "parameters": params, "tokens": dyn["tokens"],
@@ -95,10 +103,13 @@ def main(argv):
                          "floor_seconds_per_segment": floor,
                          "floor_tokens_per_s": seg / floor,
                          "fraction_of_floor": floor / per_segment,
-                         "chunk_segments": getattr(evaluator, "chunk", 1)},
-        "batch_1": {"tokens_per_s": b1["tokens"] / b1_s, "bptt": cfg.bptt},
+                         "chunk_segments": getattr(evaluator, "chunk", 1),
+                         "rounds_tokens_per_s": [dyn["tokens"] / s for s in dyn_all]},
+        "batch_1": {"tokens_per_s": b1["tokens"] / b1_s, "bptt": cfg.bptt,
+                    "rounds_tokens_per_s": [b1["tokens"] / s for s in b1_all]},
         "cache_pointer": {"tokens_per_s": dyn["tokens"] / cache_s, "window": 2000,
-                          "grid": "2 thetas x 2 lambdas", "bptt": cfg.bptt},
+                          "grid": "2 thetas x 2 lambdas", "bptt": cfg.bptt,
+                          "rounds_tokens_per_s": [dyn["tokens"] / s for s in cache_all]},
     }
     common.emit(result, FLAGS.out)
 
