@@ -21,15 +21,12 @@ import subprocess
 import sys
 import time
 
+import common  # noqa: E402  (first: sys.path and oneDNN)
 from absl import app, flags
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
+from common import REPO, command, config_argv, config_path, git_commit  # noqa: E402, F401
 from lm_step import TfawdStep  # noqa: E402
 
+from tfawd.core import runtime  # noqa: E402
 from tfawd.lm import config  # noqa: E402
 
 flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
@@ -187,43 +184,7 @@ def main(argv):
 
 def emit(result: dict, hidden: tuple = ()) -> None:
     """Prints a benchmark's JSON (without the `hidden` keys) and writes all of it to --out."""
-    print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=1,
-                     default=float))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(json.dumps(result, indent=1, default=float) + "\n")
-
-
-def config_path():
-    """The flagfile given as --config (or --flagfile)."""
-    return next((a.split("=", 1)[1] for a in sys.argv
-                 if a.startswith(("--config=", "--flagfile="))), None)
-
-
-def command() -> str:
-    """This run's command line, as typed (before --config became --flagfile), after the
-    variables that change which kernels run (oneDNN set by the user, ISA caps)."""
-    env = [f"{k}={os.environ[k]}" for k in (*runtime.ISA_CAPS, runtime.ONEDNN_VAR)
-           if k in os.environ and not (k == runtime.ONEDNN_VAR and runtime.machine()[
-               "onednn"]["decided_by"] != "user")]
-    return " ".join(env + ["python", os.path.relpath(sys.argv[0], REPO)] + ORIGINAL_ARGS)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-ORIGINAL_ARGS = list(sys.argv[1:])
-
-
-def config_argv():
-    """--config=X is the documented spelling of --flagfile=X."""
-    sys.argv = [a.replace("--config=", "--flagfile=", 1) if a.startswith("--config=") else a
-                for a in sys.argv]
+    common.emit(result, FLAGS.out, hidden)
 
 
 if __name__ == "__main__":
