@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# cpu: tensorflow-cpu; gpu: tensorflow[and-cuda] (make test TF_EXTRA=gpu on a GPU machine)
+TF_EXTRA ?= cpu
 
 # Real data: ../shared/data when it is there, else the code's download cache.
 TFAWD_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
@@ -24,7 +26,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(TF_EXTRA),test]"
 	touch $@
 
 ## Train + evaluate the CPU-sized language model and speech model (about 2 h 20 min in all on a

@@ -4,9 +4,14 @@
   python main.py --flagfile=configs/lstm_base_wt2_cpu.cfg --mode=evaluate
 """
 import contextlib
+import importlib.util
 import sys
 
-from tfawd.core import runtime
+if importlib.util.find_spec("tensorflow") is None:  # the extras choose the build: BUILD.md
+    raise SystemExit("error: TensorFlow is not installed; pip install -e '.[cpu]' (or '.[gpu]' "
+                     "on a machine with an NVIDIA GPU and its driver)")
+
+from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported (tfawd/core/runtime.py says why)
 

@@ -241,3 +241,29 @@ def test_workers_take_the_same_stop_and_budget_decisions():
     assert loop.minutes_left() == 3.0  # the other worker's budget is nearly spent
     loop.distribution = None
     assert loop.minutes_left() == 60
+
+
+@pytest.mark.parametrize("worker, mine, chief, given, expected", [
+    (1, "float32", "mixed_bfloat16", "auto", "mixed_bfloat16"),  # an AVX2 worker, bf16 chief
+    (1, "mixed_bfloat16", "float32", None, "float32"),
+    (0, "mixed_bfloat16", "float32", "auto", "mixed_bfloat16"),  # the chief keeps its own
+    (1, "float32", "mixed_bfloat16", "float32", "float32"),      # explicit: the same flag
+])
+def test_auto_precision_is_the_chiefs_on_every_worker(worker, mine, chief, given, expected):
+    """`--precision=auto` resolved per machine would train a mixed cluster in two precisions:
+    every worker takes the chief's (`Distribution.agreed_precision`)."""
+    codes = ("float32", "mixed_bfloat16")
+
+    class Cluster(distribute.Distribution):
+        def __init__(self):  # two workers; the chief's value wins a max over -1
+            self.num_workers, self.worker = 2, worker
+
+        @property
+        def is_chief(self):
+            return self.worker == 0
+
+        def agree(self, value, op):
+            assert op == "max"
+            return max(value, codes.index(chief) if self.worker else -1)
+
+    assert Cluster().agreed_precision(mine, given) == expected

@@ -120,6 +120,20 @@ class Distribution:
         per_replica = self.strategy.run(lambda: tf.constant([float(value)], tf.float64))
         return reduce(self.strategy.gather(per_replica, axis=0).numpy().tolist())
 
+    def agreed_precision(self, precision: str, given: str | None) -> str:
+        """The chief's precision on every worker when `--precision=auto` (`given`; None: a
+        config built in code) was resolved by each machine for itself: a cluster of mixed CPU
+        classes trains in one precision, the chief's, never in two. An explicit precision is
+        the same flag everywhere and is kept."""
+        if self.num_workers == 1 or given not in (None, "auto"):
+            return precision
+        codes = ("float32", "mixed_bfloat16")
+        chief = codes[int(self.agree(codes.index(precision) if self.is_chief else -1, "max"))]
+        if chief != precision:
+            print(f"notice: worker {self.worker} trains in {chief}, the chief's --precision=auto "
+                  f"(this machine's would be {precision})", flush=True)
+        return chief
+
     @contextlib.contextmanager
     def run_folder(self, model_dir: str):
         """The folder this process writes: `model_dir` for the chief; for other workers a

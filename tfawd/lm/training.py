@@ -316,6 +316,8 @@ class Trainer(Loop):
         dist.check_batch(cfg.batch_size)
         check_resumable(cfg, cfg.model_dir)
         self.cfg = cfg = keep_run_precision(cfg, cfg.model_dir)
+        self.cfg = cfg = dataclasses.replace(
+            cfg, precision=dist.agreed_precision(cfg.precision, cfg.precision_given))
         keras.utils.set_random_seed(cfg.seed)
         run = RunDir(cfg.model_dir)
         vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
