@@ -1,0 +1,66 @@
+"""The damage matrix (issue 27) for the recogniser's run folder: each file damaged four ways,
+then resume (train), evaluate and export: a documented fallback or one line naming the file,
+never a traceback, and a refusal changes no other file. See tests/test_damage_matrix.py."""
+import dataclasses
+import os
+import shutil
+
+import pytest
+
+from pipelines.corpus_files import DataError
+from tests.test_damage_matrix import DAMAGES, _damage, _digests, _resolve
+from tests.test_speech_training import tiny_cfg
+from tfawd.core.run_guard import RunError
+from tfawd.speech import evaluation, export
+from tfawd.speech import training as speech_training
+
+FILES = ("model.json", "results.json", "history.json", "segments.json", "ckpt/checkpoint",
+         "ckpt/DATA", "best/DATA", "best/INDEX")
+
+
+@pytest.fixture(scope="module")
+def speech_runs(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech_damage")
+    speech_training.train(_cfg(data_dir, root / "run", max_steps=3))
+    speech_training.train(_cfg(data_dir, root / "other", max_steps=3, listener_units=24,
+                               speller_units=32))
+    return root, data_dir
+
+
+def _cfg(data_dir, run, **kw):
+    """The tiny recogniser, scored on 4 utterances with greedy decoding (the cells' cost is
+    their evaluation)."""
+    return tiny_cfg(data_dir, run, **{"eval_utterances": 4, "beam_size": 1, **kw})
+
+
+def _call(mode, run, data_dir, tmp_path):
+    cfg = _cfg(data_dir, run, max_steps=4)
+    if mode == "train":
+        return speech_training.train(cfg)
+    if mode == "evaluate":
+        return evaluation.evaluate(cfg)
+    return export.export_run(dataclasses.replace(cfg, export_dir=str(tmp_path / "export")))
+
+
+@pytest.mark.parametrize("mode", ("train", "evaluate"))
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", FILES)
+def test_a_damaged_speech_file_gives_one_line_naming_it_or_a_documented_fallback(
+        speech_runs, tmp_path, name, damage, mode):
+    root, data_dir = speech_runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    path = _resolve(str(run), name)
+    _damage(path, damage, _resolve(str(root / "other"), name))
+    before = {k: v for k, v in _digests(run).items() if k != os.path.relpath(path, run)}
+    try:
+        _call(mode, run, data_dir, tmp_path)
+        return  # a documented fallback
+    except (RunError, DataError, ValueError) as e:
+        message = str(e)
+    assert "\n" not in message, message
+    assert os.path.basename(path) in message or os.path.dirname(path) in message, \
+        f"{name} ({damage}) in {mode}: {message}"
+    after = _digests(run)
+    changed = [k for k, v in before.items() if after.get(k) != v and not k.startswith("tb")]
+    assert not changed, f"{name} ({damage}) in {mode} changed {changed}"
