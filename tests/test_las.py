@@ -136,7 +136,13 @@ def test_sequence_loss_ignores_padding_and_smooths():
     full = sequence_loss(logits, tf.constant([[3, 2, 0]]), 0.0)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits([3, 2], logits[0, :2])
     np.testing.assert_allclose(full, tf.reduce_mean(ce), rtol=1e-6)
-    assert float(sequence_loss(logits, tf.constant([[3, 2, 0]]), 0.1)) != float(full)
+    # smoothing 0.1 over V classes: (1 - 0.1) * CE + 0.1 * mean over classes of -log p,
+    # written out in NumPy on the two real positions
+    logp = tf.nn.log_softmax(logits[0, :2]).numpy().astype(np.float64)
+    expected = np.mean([0.9 * -logp[0, 3] + 0.1 * -logp[0].mean(),
+                        0.9 * -logp[1, 2] + 0.1 * -logp[1].mean()])
+    smoothed = float(sequence_loss(logits, tf.constant([[3, 2, 0]]), 0.1))
+    assert smoothed == pytest.approx(expected, rel=1e-5) and smoothed > float(full)
 
 
 def test_error_rates_on_hand_made_strings():

@@ -73,4 +73,8 @@ def test_machine_names_the_cpu_features_that_decide_speed():
     info = runtime.machine()
     assert {"cpu", "cores", "isa", "bf16_units", "onednn"} <= set(info)
     assert set(info["bf16_units"]) <= set(runtime.BF16_UNITS)
-    assert info["onednn"]["enabled"] in (True, False, None)
+    # oneDNN: what TensorFlow reports, and on x86 (where configure_onednn sets the variable
+    # when the user did not) on exactly when the variable says so
+    assert info["onednn"]["enabled"] is runtime.onednn_enabled()
+    if runtime.is_x86() and info["onednn"]["enabled"] is not None:
+        assert info["onednn"]["enabled"] == (os.environ[runtime.ONEDNN_VAR] not in ("0", ""))
