@@ -94,10 +94,16 @@ def restore_weights(checkpoint, path: str, model_json: str = "", partial: bool =
         else:
             status.assert_consumed()
     except READ_ERRORS as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 160)
         other = f" or does not match {model_json}" if model_json else ""
         raise RunError(f"checkpoint {path} cannot be read{other} ({reason}); restore the run "
                        f"folder from a copy") from None
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """What a one-line message quotes of an exception: its first line, cut at `limit`."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 def latest(folder: str) -> str | None:
@@ -118,7 +124,7 @@ def repair_state(folder: str) -> None:
         tf.train.get_checkpoint_state(folder)
         return
     except Exception as e:  # text-proto parse, decoding: whatever a damaged file raises
-        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 100)
     prefixes = sorted((f[:-len(".index")] for f in os.listdir(folder) if f.endswith(".index")),
                       key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit()
                       else -1)
@@ -162,7 +168,7 @@ def restore_newest(checkpoint, paths: list, folder: str) -> str:
             checkpoint.restore(path).assert_consumed()
             return path
         except READ_ERRORS as e:
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            reason = first_line(e, 160)
             print(f"warning: checkpoint {path} cannot be read ({reason}); trying the one "
                   f"before it", flush=True)
             logging.warning("checkpoint %s cannot be read: %s", path, e)
