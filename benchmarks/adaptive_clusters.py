@@ -13,27 +13,18 @@ check to the next and |h| collapsing towards 0 while the loss stays at the unigr
       --cutoffs=2000,10000:4 --cutoffs=auto:1 --out=results/adaptive_clusters_awd_lstm_wt2_cpu.json
 """
 import dataclasses
-import os
-import sys
 import time
 
-from absl import app, flags
+import common  # first: sys.path and oneDNN
+import numpy as np
+from absl import flags
+from lm_step import TfawdStep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
-
-import numpy as np  # noqa: E402
-from lm_step import TfawdStep  # noqa: E402
-
-from pipelines.lm_corpus import load_corpus  # noqa: E402
-from tfawd.core import reporting  # noqa: E402
-from tfawd.lm import config  # noqa: E402
-from tfawd.lm import training as lm_training  # noqa: E402
-from tfawd.lm.models import resolve_cutoffs  # noqa: E402
-from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable  # noqa: E402
+from pipelines.lm_corpus import load_corpus
+from tfawd.lm import config
+from tfawd.lm import training as lm_training
+from tfawd.lm.models import resolve_cutoffs
+from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable
 
 config.define_flags()
 flags.DEFINE_integer("steps", 400, "Training windows per setting.")
@@ -66,9 +57,7 @@ def run_setting(cfg, corpus, counts) -> dict:
             "seconds": time.perf_counter() - start, "curve": records}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     base = dataclasses.replace(config.from_flags(FLAGS), softmax="adaptive")
     lm_training.configure_runtime(base)
     corpus = load_corpus(base.dataset, base.data_dir, order="frequency")
@@ -78,14 +67,10 @@ def main(argv):
         cutoffs, _, div = text.partition(":")
         cfg = dataclasses.replace(base, adaptive_cutoffs=cutoffs, adaptive_div=int(div or 1))
         settings[text] = run_setting(cfg, corpus, counts)
-    out = {"benchmark": "adaptive_clusters", "command": " ".join(["python", *sys.argv]),
-           "lr": base.lr, "batch_size": base.batch_size, "bptt": base.bptt,
-           "machine": runtime.machine(), "versions": reporting.versions(),
-           "settings": settings}
-    if FLAGS.out:
-        reporting.write_json(FLAGS.out, out)
-    print(f"wrote {FLAGS.out}" if FLAGS.out else out)
+    common.emit({**common.record("adaptive_clusters"), "lr": base.lr,
+                 "batch_size": base.batch_size, "bptt": base.bptt, "settings": settings},
+                FLAGS.out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

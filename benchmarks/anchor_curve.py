@@ -10,14 +10,11 @@ line) and prints a Markdown table of the run's figures at the anchor's epochs.
       --out=results/awd_lstm_wt2_long_curve.png
 """
 import json
-import os
-import sys
 
+import common  # first: sys.path and oneDNN
 from absl import app, flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import reporting  # noqa: E402  (matplotlib set to Agg there)
+from tfawd.core import reporting  # matplotlib set to Agg there
 
 plt = reporting.plt
 
@@ -75,7 +72,7 @@ def plot(curve: list, path: str, label: str, anchor: dict = GLUONNLP_1150) -> st
     return path
 
 
-def main(_):
+def main():
     with open(FLAGS.history) as f:
         curve = epoch_curve(json.load(f))
     if not curve:
@@ -86,4 +83,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -1,24 +1,46 @@
-"""What every benchmark script shares: the start-up (the repository on sys.path, oneDNN chosen
-before TensorFlow is imported, `--config` as the spelling of `--flagfile`), the record of the
-command, commit and machine, and the JSON ending (printed, and written to `--out`).
+"""What every benchmark script shares (benchmarks/README.md lists the scripts):
 
-    import common  # first: sets up sys.path and oneDNN
+- start-up: importing this module puts the repository on `sys.path` and chooses oneDNN
+  (`runtime.configure_onednn`) before TensorFlow is imported, so it is the first import that
+  can load TensorFlow; `run(main)` parses the flags (absl), with `--config=X` for
+  `--flagfile=X` where the script has no `--config` of its own, and refuses stray arguments;
+- the record a result JSON starts with (`record`): the benchmark's name, the command line as
+  typed, the commit, the machine (`runtime.machine()`: CPU, its vector/matrix features, oneDNN
+  on or off, ISA caps), the library versions (`reporting.versions()`) and a UTC timestamp;
+- timing (`timed`, `spread`): warm-up calls, then timed rounds, summed up as min/median/max;
+- the ending (`emit`, `write_json`): the JSON printed, and written atomically to `--out`
+  (`tfawd.core.files`: a killed run never leaves half a file).
+
+A script:
+
+    import common  # first: sys.path and oneDNN
     ...
-    common.emit(result, out=FLAGS.out)
+    def main():
+        _, seconds = common.timed(fn, FLAGS.rounds, warmup=1)
+        common.emit({**common.record("name"), "median_s": common.spread(seconds)["median"]},
+                    FLAGS.out)
+
+    if __name__ == "__main__":
+        common.run(main)
 """
+import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
+from tfawd.core import files, runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
 ORIGINAL_ARGS = list(sys.argv[1:])
 
+
+# --- start-up ---------------------------------------------------------------------------------
 
 def config_argv():
     """--config=X is the documented spelling of --flagfile=X (call before `app.run`)."""
@@ -31,6 +53,23 @@ def config_path():
     return next((a.split("=", 1)[1] for a in ORIGINAL_ARGS
                  if a.startswith(("--config=", "--flagfile="))), None)
 
+
+def run(main) -> None:
+    """absl's `app.run` of a script's `main()` (no arguments): flags parsed, `--config` read as
+    `--flagfile` unless the script defines a `--config` flag itself, positional arguments an
+    error."""
+    from absl import app, flags
+    if "config" not in flags.FLAGS:
+        config_argv()
+
+    def main_without_arguments(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        return main()
+    app.run(main_without_arguments)
+
+
+# --- the record -------------------------------------------------------------------------------
 
 def command() -> str:
     """This run's command line, as typed, after the variables that change which kernels run
@@ -50,15 +89,46 @@ def git_commit() -> str:
 
 
 def record(benchmark: str) -> dict:
-    """The fields every benchmark JSON starts with: its name, command, commit and machine."""
+    """The fields every benchmark JSON starts with: its name, command, commit, machine,
+    versions (TensorFlow, Keras, NumPy, Python) and the UTC time the record was made."""
+    from tfawd.core import reporting  # imports TensorFlow: not before the script's start-up
     return {"benchmark": benchmark, "command": command(), "commit": git_commit(),
-            "machine": runtime.machine()}
+            "machine": runtime.machine(), "versions": reporting.versions(),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds")}
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+def timed(fn, rounds: int = 1, warmup: int = 0):
+    """fn() `warmup` times untimed (tracing, compiles, caches), then `rounds` times timed:
+    (the last result, [seconds of each timed call])."""
+    for _ in range(warmup):
+        fn()
+    seconds, out = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = fn()
+        seconds.append(time.perf_counter() - start)
+    return out, seconds
+
+
+def spread(values) -> dict:
+    """{"min", "median", "max"} of a figure's rounds."""
+    values = list(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+# --- the ending -------------------------------------------------------------------------------
+
+def write_json(path: str, result: dict) -> None:
+    """`result` as JSON, replacing `path` whole (written beside it, then renamed)."""
+    files.write_text(path, json.dumps(result, indent=1, default=float) + "\n")
 
 
 def emit(result: dict, out: str | None = None, hidden: tuple = ()) -> None:
     """Prints a benchmark's JSON (without the `hidden` keys) and writes all of it to `out`."""
     print(json.dumps({k: v for k, v in result.items() if k not in hidden}, indent=1,
-                     default=float))
+                     default=float), flush=True)
     if out:
-        with open(out, "w") as f:
-            f.write(json.dumps(result, indent=1, default=float) + "\n")
+        write_json(out, result)

@@ -20,15 +20,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-from absl import app, flags
+import common  # first: sys.path and oneDNN
+from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import distribute, reporting, runtime  # noqa: E402
-
-runtime.configure_onednn()
+from tfawd.core import distribute, runtime
 
 flags.DEFINE_string("config", "configs/lstm_base_wt2_cpu.cfg", "Flagfile of the model.")
 flags.DEFINE_integer("steps", 300, "Training steps of each throughput run.")
@@ -49,11 +45,11 @@ def main_py(model_dir, *extra, workers=0):
                "--threads_per_worker=1", "--", *argv]
     else:
         cmd = [sys.executable, "main.py", *argv]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc, (seconds,) = common.timed(
+        lambda: subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True))
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return seconds
 
 
 def max_difference(a_dir, b_dir) -> dict:
@@ -102,16 +98,18 @@ def allreduce_worker():
             ctx = tf.distribute.get_replica_context()
             return ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.ones([n], tf.float32))
         return dist.strategy.run(fn)
+
+    def repeated():
+        for _ in range(FLAGS.repeats):
+            out = reduce()
+        float(tf.reduce_sum(dist.strategy.experimental_local_results(out)[0]))
     reduce()  # warm-up: tracing and the first collective's setup
-    start = time.perf_counter()
-    for _ in range(FLAGS.repeats):
-        out = reduce()
-    float(tf.reduce_sum(dist.strategy.experimental_local_results(out)[0]))
+    _, (seconds,) = common.timed(repeated)
     if dist.is_chief:
-        print(f"ALLREDUCE {(time.perf_counter() - start) / FLAGS.repeats}", flush=True)
+        print(f"ALLREDUCE {seconds / FLAGS.repeats}", flush=True)
 
 
-def main(_):
+def main():
     if FLAGS.allreduce_elements:
         return allreduce_worker()
     tmp = tempfile.mkdtemp(prefix="tfawd-scaling-")
@@ -131,7 +129,7 @@ def main(_):
         [sys.executable, "-m", "tfawd.launch", "--workers=2", "--threads_per_worker=1",
          f"--script={os.path.abspath(__file__)}", "--",
          f"--allreduce_elements={params}", f"--repeats={FLAGS.repeats}"],
-        cwd=REPO, capture_output=True, text=True)
+        cwd=common.REPO, capture_output=True, text=True)
     line = [x for x in proc.stdout.splitlines() if "ALLREDUCE" in x]
     if not line:
         sys.exit(f"all-reduce run failed:\n{proc.stdout[-3000:]}")
@@ -139,7 +137,8 @@ def main(_):
     single, workers = rate(f"{tmp}/single"), rate(f"{tmp}/workers")
     tokens_per_step = results["train_tokens"] / results["steps"]
     out = {
-        "config": FLAGS.config, "steps": FLAGS.steps, "precision": results["precision"],
+        **common.record("distributed_scaling"), "config": FLAGS.config, "steps": FLAGS.steps,
+        "precision": results["precision"],
         "equality_check": {"command": f"main.py --flagfile={FLAGS.config} "
                                       + " ".join(check),
                            **difference},
@@ -149,13 +148,9 @@ def main(_):
         "allreduce": {"elements": params, "bytes": 4 * params,
                       "seconds": seconds, "repeats": FLAGS.repeats,
                       "share_of_a_2_worker_step": seconds / (tokens_per_step / workers)},
-        "machine": runtime.machine(),
-        "command": "python benchmarks/distributed_scaling.py " + " ".join(sys.argv[1:]),
     }
-    print(json.dumps(out, indent=1))
-    if FLAGS.out:
-        reporting.write_json(FLAGS.out, out)
+    common.emit(out, FLAGS.out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

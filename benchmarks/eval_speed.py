@@ -16,12 +16,9 @@ median is reported, each round beside it.
 
   python benchmarks/eval_speed.py --config=configs/awd_lstm_wt2_cpu.cfg --out=F
 """
-import statistics
-import time
-
-import common  # noqa: F401  (first: sys.path and oneDNN)
+import common  # first: sys.path and oneDNN
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from tfawd.lm import config
 
@@ -39,28 +36,17 @@ def memory_bandwidth(megabytes: int, reps: int = 5) -> float:
     """Bytes read + written per second by the best of `reps` copies of `megabytes`."""
     src = np.ones(megabytes * 2**20 // 4, np.float32)
     dst = np.empty_like(src)
-    best = np.inf
-    for _ in range(reps):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.nbytes / best
+    _, seconds = common.timed(lambda: np.copyto(dst, src), reps)
+    return 2 * src.nbytes / common.spread(seconds)["min"]
 
 
 def timed(fn, rounds: int):
     """fn() once to warm up, then `rounds` times timed: (result, median seconds, all)."""
-    fn()
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        out = fn()
-        seconds.append(time.perf_counter() - start)
-    return out, statistics.median(seconds), seconds
+    out, seconds = common.timed(fn, rounds, warmup=1)
+    return out, common.spread(seconds)["median"], seconds
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     import keras
 
     from pipelines.lm_corpus import load_corpus
@@ -115,5 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.config_argv()
-    app.run(main)
+    common.run(main)

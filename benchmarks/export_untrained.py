@@ -7,26 +7,16 @@ vocabulary is the corpus's, the weights are their initial values).
   python benchmarks/export_untrained.py --config=configs/awd_lstm_wt2_cpu.cfg \
       --export_dir=/tmp/exports --export_name=awd_lstm_wt2_cpu
 """
-import os
-import sys
+import common  # first: sys.path and oneDNN
+from absl import flags
 
-from absl import app, flags
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
-
-from tfawd.lm import config  # noqa: E402
+from tfawd.lm import config
 
 config.define_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     import keras
 
     from pipelines.lm_corpus import load_corpus
@@ -45,5 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.argv = [a.replace("--config=", "--flagfile=", 1) for a in sys.argv]
-    app.run(main)
+    common.run(main)

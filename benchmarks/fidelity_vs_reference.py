@@ -15,17 +15,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-from absl import app, flags
+import common  # first: sys.path and oneDNN
+from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
-from pipelines.corpus_files import default_data_dir  # noqa: E402
-from tfawd.lm.config import LMConfig  # noqa: E402
+from pipelines.corpus_files import default_data_dir
+from tfawd.lm.config import LMConfig
 
 flags.DEFINE_integer("steps", 300, "Training steps of each implementation.")
 flags.DEFINE_integer("range", 100, "Width of the step ranges whose mean losses are compared.")
@@ -36,7 +31,7 @@ flags.DEFINE_integer("batch_size", 20, "Batch size.")
 flags.DEFINE_integer("bptt", 35, "Mean window length (variable-length BPTT).")
 flags.DEFINE_integer("seed", 1882, "Seed of both runs.")
 flags.DEFINE_string("data_dir", None, "Data folder (default: $TFAWD_DATA_DIR).")
-flags.DEFINE_string("reference", os.path.join(REPO, "..", "shared", "bench",
+flags.DEFINE_string("reference", os.path.join(common.REPO, "..", "shared", "bench",
                                               "torch_awd_reference.py"), "Reference script.")
 flags.DEFINE_string("out", None, "Write the JSON summary here too.")
 FLAGS = flags.FLAGS
@@ -55,9 +50,7 @@ def run_tfawd(data_dir):
                        max_steps=FLAGS.steps, log_every=1, checkpoint_every=10 ** 9,
                        model_dir=model_dir, data_dir=data_dir, **PAPER)
         trainer = Trainer(cfg)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
+        _, (seconds,) = common.timed(trainer.train)
     losses = [h["train_loss"] for h in trainer.history if "train_loss" in h]
     return losses, seconds, dataclasses.asdict(cfg)
 
@@ -68,10 +61,9 @@ def run_reference(data_dir):
             "--nhid", str(FLAGS.nhid), "--nlayers", str(FLAGS.nlayers),
             "--batch_size", str(FLAGS.batch_size), "--bptt", str(FLAGS.bptt),
             "--seed", str(FLAGS.seed)] + [f"--{k}={v}" for k, v in PAPER.items()]
-    start = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    seconds = time.perf_counter() - start
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    proc, (seconds,) = common.timed(
+        lambda: subprocess.run(args, capture_output=True, text=True, check=True))
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return [r["loss"] for r in rows if "step" in r], seconds
 
 
@@ -80,13 +72,13 @@ def range_means(losses, width):
             for i in range(0, len(losses), width)]
 
 
-def main(_):
+def main():
     data_dir = FLAGS.data_dir or default_data_dir()
     ref_losses, ref_seconds = run_reference(data_dir)
     tf_losses, tf_seconds, cfg = run_tfawd(data_dir)
     tf_means, ref_means = range_means(tf_losses, FLAGS.range), range_means(ref_losses, FLAGS.range)
     summary = {
-        "benchmark": "fidelity_vs_reference", "steps": FLAGS.steps, "range": FLAGS.range,
+        **common.record("fidelity_vs_reference"), "steps": FLAGS.steps, "range": FLAGS.range,
         "ranges": [f"{i}-{i + FLAGS.range - 1}" for i in range(0, FLAGS.steps, FLAGS.range)],
         "tfawd_mean_loss": [round(m, 4) for m in tf_means],
         "reference_mean_loss": [round(m, 4) for m in ref_means],
@@ -94,14 +86,10 @@ def main(_):
         "tfawd_seconds": round(tf_seconds, 1), "reference_seconds": round(ref_seconds, 1),
         "config": {k: cfg[k] for k in ("emsize", "nhid", "nlayers", "batch_size", "bptt",
                                        "seed", *PAPER)},
-        "command": " ".join(sys.argv),
+        "tfawd_losses": tf_losses, "reference_losses": ref_losses,
     }
-    print(json.dumps(summary, indent=2))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({**summary, "tfawd_losses": tf_losses, "reference_losses": ref_losses},
-                      f, indent=1)
+    common.emit(summary, FLAGS.out, hidden=("tfawd_losses", "reference_losses"))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -1,7 +1,7 @@
 """tfawd's training step as the benchmarks time it: the model, carried state, optimizer and
 `training.make_train_step` that `main.py` trains with, fed by the real BPTT stream of a corpus.
 Shared by lm_throughput, precision_guard, xla_fusion and adaptive_clusters; defines no flags.
-Import it after `runtime.configure_onednn()`."""
+Import it after `common` (which chooses oneDNN before TensorFlow is imported)."""
 import collections
 import json
 import os

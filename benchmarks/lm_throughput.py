@@ -16,18 +16,15 @@ reference (`pip install torch==2.13.0`; not a project dependency).
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-import common  # noqa: E402  (first: sys.path and oneDNN)
-from absl import app, flags
-from common import REPO, command, config_argv, config_path, git_commit  # noqa: E402, F401
-from lm_step import TfawdStep  # noqa: E402
+import common  # first: sys.path and oneDNN
+from absl import flags
+from lm_step import TfawdStep
 
-from tfawd.core import runtime  # noqa: E402
-from tfawd.lm import config  # noqa: E402
+from tfawd.lm import config
 
 flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps before the first round (tracing, caches).")
@@ -35,7 +32,7 @@ flags.DEFINE_integer("rounds", 2, "A/B rounds (tfawd, then reference, per round)
 flags.DEFINE_integer("eval_tokens_per_row", 2000,
                      "Validation tokens per batch row scored for evaluation tokens/s.")
 flags.DEFINE_bool("reference", True, "Also time the PyTorch reference (skipped without torch).")
-flags.DEFINE_string("reference_script", os.path.join(REPO, "..", "shared", "bench",
+flags.DEFINE_string("reference_script", os.path.join(common.REPO, "..", "shared", "bench",
                                                      "torch_awd_reference.py"),
                     "The reference training script.")
 flags.DEFINE_string("out", None, "Also write the JSON here.")
@@ -54,11 +51,13 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
     a = tf.cast(tf.random.normal([n, n]), dtype)
     matmul = tf.function(lambda a: tf.matmul(a, a))
     matmul(a).numpy()
-    start = time.perf_counter()
-    for _ in range(reps):
-        out = matmul(a)
-    out.numpy()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+    def products():
+        for _ in range(reps):
+            out = matmul(a)
+        out.numpy()
+    _, (seconds,) = common.timed(products)
+    return 2 * n ** 3 * reps / seconds / 1e9
 
 
 def training_flops_per_token(cfg, vocab_size: int, train_ids=None) -> int:
@@ -107,10 +106,7 @@ def torch_available() -> bool:
     return True
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-
+def main():
     from pipelines import bptt
     from pipelines.lm_corpus import load_corpus
     from tfawd.lm.evaluation import Evaluator
@@ -154,16 +150,16 @@ def main(argv):
     profile = ours.profile(profiled, FLAGS.profile_dir) if span else None
     flops = training_flops_per_token(cfg, vocab_size, corpus.ids["train"])
     peak = matmul_peak_gflops(cfg.precision)
-    tfawd_median = statistics.median(r["tfawd"]["tokens_per_s"] for r in rounds)
+    tfawd_median = common.spread(r["tfawd"]["tokens_per_s"] for r in rounds)["median"]
     result = {
-        "benchmark": "lm_throughput", "command": command(), "commit": git_commit(),
-        "config": config_path(), "precision": cfg.precision,
+        **common.record("lm_throughput"), "config": common.config_path(),
+        "precision": cfg.precision,
         "precision_requested": FLAGS.precision,
         "threads": {"inter_op": cfg.inter_op_threads, "intra_op": cfg.intra_op_threads},
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "variable_bptt",
                                                "softmax", "adaptive_cutoffs", "adaptive_div")},
-        "vocab_size": vocab_size, "steps_per_round": FLAGS.steps, "machine": runtime.machine(),
+        "vocab_size": vocab_size, "steps_per_round": FLAGS.steps,
         "rounds": rounds, "tfawd_tokens_per_s": tfawd_median,
         "train_step_traces": ours.traces(), "xla_compile_ahead": compile_ahead,
         "training_flops_per_token": flops, "matmul_peak_gflops": peak,
@@ -174,19 +170,13 @@ def main(argv):
         result["profile"] = {"dir": FLAGS.profile_dir, "steps": profiled,
                              "top_ops": profile}
     if with_reference:
-        result["reference_tokens_per_s"] = statistics.median(
-            r["reference"]["tokens_per_s"] for r in rounds)
-        result["ratio_median"] = statistics.median(r["ratio"] for r in rounds)
+        result["reference_tokens_per_s"] = common.spread(
+            r["reference"]["tokens_per_s"] for r in rounds)["median"]
+        result["ratio_median"] = common.spread(r["ratio"] for r in rounds)["median"]
     elif FLAGS.reference:
         result["reference_skipped"] = "torch is not importable (pip install torch==2.13.0)"
-    emit(result)
-
-
-def emit(result: dict, hidden: tuple = ()) -> None:
-    """Prints a benchmark's JSON (without the `hidden` keys) and writes all of it to --out."""
-    common.emit(result, FLAGS.out, hidden)
+    common.emit(result, FLAGS.out)
 
 
 if __name__ == "__main__":
-    config_argv()
-    app.run(main)
+    common.run(main)

@@ -6,33 +6,23 @@ prints JSON: microseconds of loop bookkeeping per step (counters, stop checks, n
 check, log lines, TensorBoard scalars, amortised checkpoints). Compare with a real step's
 time (benchmarks/lm_throughput.py: ~0.25 s for the CPU AWD config) for the loop's share.
 
-  python benchmarks/loop_overhead.py --steps=2000
+  python benchmarks/loop_overhead.py --steps=2000 [--out=F]
 """
-import json
-import os
-import sys
+import contextlib
+import io
 import tempfile
-import time
 
-from absl import app, flags
+import common  # first: sys.path and oneDNN
+import keras
+import tensorflow as tf
+from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
-
-import contextlib  # noqa: E402
-import io  # noqa: E402
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tfawd.core.loop import Loop, LoopConfig, Task  # noqa: E402
+from tfawd.core.loop import Loop, LoopConfig, Task
 
 flags.DEFINE_integer("steps", 2000, "Steps timed.")
 flags.DEFINE_integer("log_every", 50, "Log cadence (the CPU configs': 50).")
 flags.DEFINE_integer("checkpoint_every", 200, "Checkpoint cadence (the CPU configs': 200).")
+flags.DEFINE_string("out", None, "Also write the JSON here.")
 FLAGS = flags.FLAGS
 
 
@@ -66,20 +56,16 @@ class NoWork(Task):
         return "valid 1.0"
 
 
-def main(argv):
+def main():
     work = tempfile.mkdtemp(prefix="loop_overhead_")
     loop = Loop(NoWork(FLAGS.steps), LoopConfig(work, max_epochs=1, log_every=FLAGS.log_every,
                                                 checkpoint_every=FLAGS.checkpoint_every))
-    start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        loop.run()
-    seconds = time.perf_counter() - start
-    print(json.dumps({"benchmark": "loop_overhead", "steps": FLAGS.steps,
-                      "log_every": FLAGS.log_every, "checkpoint_every": FLAGS.checkpoint_every,
-                      "us_per_step": round(1e6 * seconds / FLAGS.steps, 1),
-                      "command": " ".join(["python", "benchmarks/loop_overhead.py"] + argv[1:]),
-                      "machine": runtime.machine()}, indent=1))
+        _, (seconds,) = common.timed(loop.run)
+    common.emit({**common.record("loop_overhead"), "steps": FLAGS.steps,
+                 "log_every": FLAGS.log_every, "checkpoint_every": FLAGS.checkpoint_every,
+                 "us_per_step": round(1e6 * seconds / FLAGS.steps, 1)}, FLAGS.out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -14,17 +14,15 @@ difference below that floor says nothing about precision.
       --out=results/precision_guard_awd_cpu.json
 """
 import dataclasses
-import os
 import statistics
-import sys
 import time
 
+import common  # first: sys.path and oneDNN
+import lm_throughput  # noqa: F401  (its flags: --steps, --out, and every model flag)
 from absl import app, flags
+from lm_step import TfawdStep
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lm_throughput  # noqa: E402  (its flags: --steps, --out, and every model flag)
-from lm_step import TfawdStep  # noqa: E402
-from lm_throughput import FLAGS, config  # noqa: E402
+from tfawd.lm import config
 
 flags.DEFINE_string("window", "100,200", "Steps [START, END) whose mean loss is compared.")
 flags.DEFINE_float("tolerance", 0.01, "Largest relative difference allowed.")
@@ -34,6 +32,7 @@ flags.DEFINE_bool("control", True,
                   "arithmetic rounded in another order. Its differences from the float32 run "
                   "are the noise floor of the comparison: how far rounding alone moves the "
                   "curve and the validation perplexity after --steps steps.")
+FLAGS = flags.FLAGS
 PRECISIONS = ("float32", "mixed_bfloat16")
 CONTROL = "float32_standard_kernels"
 
@@ -55,9 +54,7 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     from pipelines.lm_corpus import load_corpus
     from tfawd.lm.training import vocab_order
     cfg = config.from_flags(FLAGS)
@@ -76,8 +73,7 @@ def main(argv):
     loss_diff = relative(means["mixed_bfloat16"], means["float32"])
     ppl_diff = relative(runs["mixed_bfloat16"]["val_ppl"], runs["float32"]["val_ppl"])
     result = {
-        "benchmark": "precision_guard", "command": lm_throughput.command(),
-        "commit": lm_throughput.git_commit(), "config": lm_throughput.config_path(),
+        **common.record("precision_guard"), "config": common.config_path(),
         "model": {k: getattr(cfg, k) for k in ("model", "emsize", "nhid", "nlayers",
                                                "batch_size", "bptt", "seed")},
         "steps": FLAGS.steps, "window": [lo, hi], "tolerance": FLAGS.tolerance,
@@ -90,12 +86,10 @@ def main(argv):
             "mean_loss_rel_diff": relative(means[CONTROL], means["float32"]),
             "val_ppl_rel_diff": relative(runs[CONTROL]["val_ppl"], runs["float32"]["val_ppl"]),
         }} if CONTROL in runs else {}),
-        "machine": lm_throughput.runtime.machine(),
         "losses": {p: r["losses"] for p, r in runs.items()},
     }
-    lm_throughput.emit(result, hidden=("losses",))
+    common.emit(result, FLAGS.out, hidden=("losses",))
 
 
 if __name__ == "__main__":
-    lm_throughput.config_argv()
-    app.run(main)
+    common.run(main)

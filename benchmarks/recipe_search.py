@@ -17,15 +17,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
+import common  # first: sys.path and oneDNN
 from absl import app, flags
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported (by runtime.machine)
 
 flags.DEFINE_string("config", None, "The flagfile every variant starts from.")
 flags.DEFINE_multi_string("variant", [], "NAME:FLAGS, e.g. 'bs40:--batch_size=40 --lr=30' "
@@ -47,11 +41,11 @@ def parse_variant(text: str):
 
 
 def run_variant(name, extra, model_dir) -> dict:
-    args = [sys.executable, os.path.join(REPO, "main.py"), f"--flagfile={FLAGS.config}",
+    args = [sys.executable, os.path.join(common.REPO, "main.py"), f"--flagfile={FLAGS.config}",
             f"--model_dir={model_dir}", f"--time_budget_min={FLAGS.minutes}",
             "--max_epochs=100000", "--nofinal_test", *extra]
-    start = time.perf_counter()
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    out, (seconds,) = common.timed(
+        lambda: subprocess.run(args, cwd=common.REPO, capture_output=True, text=True))
     if out.returncode != 0:  # absl's "Pass --helpshort" hint comes after the reason
         lines = out.stderr.strip().splitlines()
         reasons = [line for line in lines if "error" in line.lower()]
@@ -65,12 +59,10 @@ def run_variant(name, extra, model_dir) -> dict:
             "steps": res["steps"], "train_seconds": res["train_seconds"],
             "train_tokens_per_s": res["train_tokens_per_s"], "precision": res.get("precision"),
             "num_parameters": res["num_parameters"], "valid_curve": curve,
-            "wall_seconds": time.perf_counter() - start}
+            "wall_seconds": seconds}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     variants = [parse_variant(v) for v in FLAGS.variant]
     if not variants:
         raise app.UsageError("give at least one --variant=NAME:FLAGS")
@@ -81,9 +73,8 @@ def main(argv):
         if previous.get("minutes") == FLAGS.minutes and previous.get("config") == FLAGS.config:
             done = previous["variants"]
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="recipe_search_")
-    result = {"benchmark": "recipe_search", "config": FLAGS.config, "minutes": FLAGS.minutes,
-              "command": " ".join(["python", os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-              "machine": runtime.machine(), "variants": done}
+    result = {**common.record("recipe_search"), "config": FLAGS.config,
+              "minutes": FLAGS.minutes, "variants": done}
     for name, extra in variants:
         if name in done and "error" not in done[name]:
             continue
@@ -93,11 +84,9 @@ def main(argv):
         print(f"  -> {json.dumps(result['variants'][name])[:300]}", flush=True)
         ranked = sorted((v["val_ppl"], n) for n, v in result["variants"].items() if "val_ppl" in v)
         result["best"] = ranked[0][1] if ranked else None
-        with open(FLAGS.out, "w") as f:  # after every variant: an interrupted search keeps them
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        common.write_json(FLAGS.out, result)  # after every variant: a stopped search keeps them
     print(json.dumps({n: v.get("val_ppl") for n, v in result["variants"].items()}), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

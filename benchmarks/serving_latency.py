@@ -10,20 +10,12 @@ speech: 1 s of audio (`transcribe_wav`) and 100 frames of log-mels (`transcribe_
       --speech_export=saved_models/las_digits/1 --repeats=20 --out=results/serving_latency.json
 """
 import io
-import json
-import os
-import sys
-import time
 import wave
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+import common  # first: sys.path and oneDNN
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
 flags.DEFINE_string("lm_export", "", "A language model's version folder (e.g. saved_models/lm/1).")
 flags.DEFINE_string("speech_export", "", "A speech model's version folder.")
@@ -38,12 +30,9 @@ BATCHES = (1, 32)
 
 
 def timed(fn, inputs, repeats):
-    fn(**inputs)  # warm-up: the first call builds the graph's kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(**inputs)
-        times.append(1000 * (time.perf_counter() - start))
+    # one warm-up call: the first call builds the graph's kernels
+    _, seconds = common.timed(lambda: fn(**inputs), repeats, warmup=1)
+    times = [1000 * s for s in seconds]
     return {"p50_ms": round(float(np.percentile(times, 50)), 2),
             "p95_ms": round(float(np.percentile(times, 95)), 2)}
 
@@ -82,12 +71,11 @@ def speech_requests(loaded, batch, rate):
                 "lengths": tf.fill([batch], frames)}}
 
 
-def main(argv):
-    del argv
+def main():
     if not (FLAGS.lm_export or FLAGS.speech_export):
         raise app.UsageError("give --lm_export and/or --speech_export")
-    out = {"command": " ".join(["python"] + sys.argv), "repeats": FLAGS.repeats,
-           "tensorflow": tf.__version__, "machine": runtime.machine(), "signatures": {}}
+    out = {**common.record("serving_latency"), "repeats": FLAGS.repeats,
+           "tensorflow": tf.__version__, "signatures": {}}
     if FLAGS.lm_export:
         lm = tf.saved_model.load(FLAGS.lm_export)
         out["lm_export"] = FLAGS.lm_export
@@ -103,12 +91,8 @@ def main(argv):
             for name, inputs in speech_requests(speech, batch, rate).items():
                 out["signatures"].setdefault(name, {})[f"batch_{batch}"] = timed(
                     speech.signatures[name], inputs, FLAGS.repeats)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(text + "\n")
+    common.emit(out, FLAGS.out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -9,17 +9,15 @@ steps' losses drift apart.
   python benchmarks/xla_fusion.py --config=configs/awd_lstm_wt2.cfg \
       --precision=mixed_bfloat16 --steps=5 --rounds=3
 """
-import statistics
-
-import lm_throughput
-from absl import app
+import common  # first: sys.path and oneDNN
+import lm_throughput  # noqa: F401  (its flags: --steps, --rounds, --warmup, --out, model flags)
+from absl import flags
 from lm_step import TfawdStep
-from lm_throughput import FLAGS
+
+FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
     from pipelines.lm_corpus import load_corpus
     from tfawd.lm import config, training
     from tfawd.nn import fusion
@@ -38,20 +36,17 @@ def main(argv):
         row["ratio"] = row["fused"]["tokens_per_s"] / row["standard"]["tokens_per_s"]
         rounds.append(row)
     result = {
-        "benchmark": "xla_fusion", "command": lm_throughput.command(),
-        "commit": lm_throughput.git_commit(), "precision": cfg.precision,
-        "machine": lm_throughput.runtime.machine(), "steps_per_round": FLAGS.steps,
-        "rounds": rounds,
-        "ratio_median": statistics.median(r["ratio"] for r in rounds),
+        **common.record("xla_fusion"), "precision": cfg.precision,
+        "steps_per_round": FLAGS.steps, "rounds": rounds,
+        "ratio_median": common.spread(r["ratio"] for r in rounds)["median"],
         "traces": {name: step.traces() for name, step in steps.items()},
         "xla_compile_ahead": compile_ahead,
         # same seed and windows: the same function up to rounding (the first step, from the
         # same weights), which the following steps amplify
         "loss_difference_by_step": [abs(a - b) for a, b in zip(*losses.values())],
     }
-    lm_throughput.emit(result)
+    common.emit(result, FLAGS.out)
 
 
 if __name__ == "__main__":
-    lm_throughput.config_argv()
-    app.run(main)
+    common.run(main)

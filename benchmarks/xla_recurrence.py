@@ -4,18 +4,8 @@ rounds in one process; prints JSON (seconds per window, first-call compile time)
 
   python benchmarks/xla_recurrence.py --out=results/xla_recurrence.json
 """
-import json
-import os
-import statistics
-import sys
-import time
-
-from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfawd.core import runtime  # noqa: E402
-
-runtime.configure_onednn()  # before TensorFlow is imported
+import common  # first: sys.path and oneDNN
+from absl import flags
 
 flags.DEFINE_integer("steps", 70, "Window length T.")
 flags.DEFINE_integer("batch", 80, "Batch B.")
@@ -26,8 +16,7 @@ flags.DEFINE_string("out", None, "Also write the JSON here.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     import tensorflow as tf
 
     from tfawd.nn.lstm_kernel import lstm_recurrence
@@ -45,28 +34,18 @@ def main(argv):
         return tape.gradient(loss, [z, u])
 
     fns = {"graph": tf.function(fwd_bwd), "xla": tf.function(fwd_bwd, jit_compile=True)}
+    windows = {k: (lambda fn=fn: [g.numpy() for g in fn(z, u)]) for k, fn in fns.items()}
 
-    def timed(fn):
-        start = time.perf_counter()
-        for g in fn(z, u):
-            g.numpy()
-        return time.perf_counter() - start
-
-    first = {k: timed(fn) for k, fn in fns.items()}
+    first = {k: common.timed(window)[1][0] for k, window in windows.items()}
     rounds = {k: [] for k in fns}
-    for _ in range(FLAGS.rounds):
-        for k, fn in fns.items():
-            rounds[k].append(timed(fn))
-    median = {k: statistics.median(v) for k, v in rounds.items()}
-    result = {"benchmark": "xla_recurrence", "shape": {"T": t, "B": b, "H": h},
-              "dtype": FLAGS.dtype, "first_call_s": first, "rounds_s": rounds,
-              "median_s": median, "xla_speedup": median["graph"] / median["xla"]}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            f.write(text + "\n")
+    for _ in range(FLAGS.rounds):  # alternating, so both see the same machine load
+        for k, window in windows.items():
+            rounds[k] += common.timed(window)[1]
+    median = {k: common.spread(v)["median"] for k, v in rounds.items()}
+    common.emit({**common.record("xla_recurrence"), "shape": {"T": t, "B": b, "H": h},
+                 "dtype": FLAGS.dtype, "first_call_s": first, "rounds_s": rounds,
+                 "median_s": median, "xla_speedup": median["graph"] / median["xla"]}, FLAGS.out)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)
