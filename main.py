@@ -17,68 +17,62 @@ runtime.configure_onednn()  # before TensorFlow is imported (tfawd/core/runtime.
 
 from absl import app, flags  # noqa: E402
 
-from tfawd.core import distribute  # noqa: E402
-from tfawd.core.flags import adopt_recorded_flags  # noqa: E402
+from tfawd import families  # noqa: E402
+from tfawd.core import distribute, registry  # noqa: E402
+from tfawd.core.run_flags import adopt_recorded_flags  # noqa: E402
 from tfawd.core.run_guard import Interrupted  # noqa: E402
-from tfawd.lm import config  # noqa: E402
-from tfawd.speech import config as speech_config  # noqa: E402
 
-flags.DEFINE_enum("mode", "train", ["train", "finetune", "evaluate", "tune_cache",
-                                    "tune_dynamic_eval", "predict", "generate", "export"],
+FAMILIES = families.define_flags(flags.FLAGS)  # the run-level flags, then each family's
+MODES = tuple(dict.fromkeys(m for fam in FAMILIES for m in fam.modes))
+flags.DEFINE_enum("mode", "train", MODES,
                   "train: train (or resume) then evaluate the best weights; "
                   "finetune: restart averaged SGD from the best weights (AWD-LSTM); "
-                  "evaluate: valid/test perplexity of the weights in --model_dir (with the "
-                  "cache pointer / dynamic evaluation when their flags are set); "
+                  "evaluate: the scores of the weights in --model_dir (for a language model "
+                  "with the cache pointer / dynamic evaluation when their flags are set); "
                   "tune_cache / tune_dynamic_eval: choose their parameters on validation, "
                   "then score test; predict: next-word scores of --contexts; generate: "
                   "continue --prompt / --prompts_file; export: SavedModels for TF Serving "
-                  "under --export_dir.")
-config.define_flags()
-speech_config.define_flags()
+                  "under --export_dir. Modes by family: " + "; ".join(
+                      f"{fam.name} ({', '.join(fam.models)}): {', '.join(fam.modes)}"
+                      for fam in FAMILIES) + ".")
 distribute.define_flags(flags.FLAGS)
 FLAGS = flags.FLAGS
-TRAINING_MODES = ("train", "finetune")  # what --distribute spreads; the chief does the rest
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
-    from pipelines.corpus_files import DataError
+    if FLAGS.model_dir is None:  # the family's default folder
+        FLAGS.model_dir = registry.family_of(FLAGS.model).config().model_dir
     if FLAGS.mode != "train":  # a trained run's folder answers for its own flags
         adopt_recorded_flags(FLAGS, FLAGS.model_dir)
-    if not chief_of_this_mode():
+    family = registry.family_of(FLAGS.model)
+    if FLAGS.dataset is not None and FLAGS.dataset not in family.datasets:
+        sys.exit(f"error: --dataset={FLAGS.dataset} is not data of --model={FLAGS.model} "
+                 f"(one of {', '.join(family.datasets)})")
+    if FLAGS.mode not in family.modes:
+        sys.exit(f"error: --mode={FLAGS.mode} is not available for --model={FLAGS.model} "
+                 f"(one of {', '.join(family.modes)})")
+    training = FLAGS.mode in family.training_modes
+    if not chief_of_this_mode(training):
         return
-    if FLAGS.model == "las":
-        return speech(DataError)
-    from tfawd.lm import export, training
-    from tfawd.lm import modes as eval_modes
-    cfg = config.from_flags(FLAGS)
-    training.configure_runtime(cfg)  # before the strategy starts TensorFlow's runtime
-    dist = make_distribution()
-    modes = {"train": lambda c: training.train(c, distribution=dist),
-             "finetune": lambda c: training.finetune(c, distribution=dist),
-             "evaluate": eval_modes.evaluate, "tune_cache": eval_modes.tune_cache,
-             "tune_dynamic_eval": eval_modes.tune_dynamic_eval,
-             "predict": lambda c: eval_modes.predict(c, config.inference_from_flags(FLAGS)),
-             "generate": lambda c: eval_modes.generate(c, config.inference_from_flags(FLAGS)),
-             "export": lambda c: export.export_run(c, config.inference_from_flags(FLAGS))}
-    user_errors = (DataError, training.RunError)
-    if FLAGS.mode in ("predict", "generate", "export"):
-        user_errors += (ValueError,)  # bad prompts, ids or decoding parameters
+    cfg = family.from_flags(FLAGS)
+    runtime.set_threads(cfg.inter_op_threads, cfg.intra_op_threads)  # before the strategy
+    dist = make_distribution(training)
     try:
         with lost_workers_reported(dist):
-            modes[FLAGS.mode](cfg)
+            family.modes[FLAGS.mode](cfg, FLAGS, dist)
     except Interrupted as e:  # SIGTERM / Ctrl-C: checkpoint saved, resumable
         print(f"| {e}", flush=True)
         sys.exit(e.exit_code)
-    except user_errors as e:
+    except family.user_errors(FLAGS.mode) as e:
         sys.exit(f"error: {e}")
 
 
-def chief_of_this_mode() -> bool:
+def chief_of_this_mode(training: bool) -> bool:
     """--distribute=multi_worker spreads training; any other mode runs on the chief alone
     (worker 0), and the other workers end at once."""
-    if FLAGS.distribute != "multi_worker" or FLAGS.mode in TRAINING_MODES:
+    if FLAGS.distribute != "multi_worker" or training:
         return True
     import os
     try:
@@ -91,9 +85,9 @@ def chief_of_this_mode() -> bool:
     return worker == 0
 
 
-def make_distribution():
+def make_distribution(training: bool):
     """The strategy of --distribute for the training modes (one process otherwise)."""
-    if FLAGS.mode not in TRAINING_MODES:
+    if not training:
         return distribute.local()
     try:
         return distribute.make(distribute.from_flags(FLAGS))
@@ -113,31 +107,6 @@ def lost_workers_reported(dist):
         sys.exit(f"error: worker {dist.worker} lost the other workers ({type(e).__name__}: "
                  f"{reason}); restart every worker with the same command to resume from the "
                  f"last checkpoint in --model_dir")
-
-
-def speech(data_error):
-    """--model=las: the speech recogniser (train, evaluate or export)."""
-    from tfawd.speech import evaluation, export
-    from tfawd.speech import training as speech_training
-    modes = {"train": speech_training.train, "evaluate": evaluation.evaluate,
-             "export": export.export_run}
-    if FLAGS.mode not in modes:
-        sys.exit(f"error: --mode={FLAGS.mode} is not available for --model=las "
-                 f"(one of {', '.join(modes)})")
-    runtime.set_threads(FLAGS.inter_op_threads, FLAGS.intra_op_threads)
-    if FLAGS.mode == "train":
-        dist = make_distribution()
-        modes["train"] = lambda c: speech_training.train(c, distribution=dist)
-    else:
-        dist = distribute.local()
-    try:
-        with lost_workers_reported(dist):
-            modes[FLAGS.mode](speech_config.from_flags(FLAGS))
-    except Interrupted as e:
-        print(f"| {e}", flush=True)
-        sys.exit(e.exit_code)
-    except (data_error, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

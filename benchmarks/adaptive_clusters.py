@@ -21,12 +21,13 @@ from absl import flags
 from lm_step import TfawdStep
 
 from pipelines.lm_corpus import load_corpus
+from tfawd import families
 from tfawd.lm import config
 from tfawd.lm import training as lm_training
 from tfawd.lm.models import resolve_cutoffs
 from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable
 
-config.define_flags()
+families.define_flags(flags.FLAGS)  # run-level and family flags, as main.py
 flags.DEFINE_integer("steps", 400, "Training windows per setting.")
 flags.DEFINE_integer("every", 50, "Record every this many steps.")
 flags.DEFINE_multi_string("cutoffs", ["2000,10000:4", "auto:1"],

@@ -20,6 +20,7 @@ import common  # first: sys.path and oneDNN
 import numpy as np
 from absl import flags
 
+from tfawd import families
 from tfawd.lm import config
 
 flags.DEFINE_integer("tokens", 2000, "Validation tokens each evaluation scores.")
@@ -28,7 +29,7 @@ flags.DEFINE_integer("grad_batches", 5, "Training windows for the gradient stati
 flags.DEFINE_integer("rounds", 3, "Timed calls of each evaluation (after one untimed); the "
                      "median is reported (this machine's speed is bimodal from call to call).")
 flags.DEFINE_string("out", None, "Also write the JSON here.")
-config.define_flags()
+families.define_flags(flags.FLAGS)  # run-level and family flags, as main.py
 FLAGS = flags.FLAGS
 
 

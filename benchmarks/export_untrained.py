@@ -10,9 +10,10 @@ vocabulary is the corpus's, the weights are their initial values).
 import common  # first: sys.path and oneDNN
 from absl import flags
 
+from tfawd import families
 from tfawd.lm import config
 
-config.define_flags()
+families.define_flags(flags.FLAGS)  # run-level and family flags, as main.py
 FLAGS = flags.FLAGS
 
 

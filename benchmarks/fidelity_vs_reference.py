@@ -42,14 +42,14 @@ PAPER = dict(lr=30.0, clip=0.25, dropout=0.4, dropouth=0.2, dropouti=0.65, dropo
 
 
 def run_tfawd(data_dir):
-    from tfawd.lm.training import Trainer
+    from tfawd.lm.training import open_run
     with tempfile.TemporaryDirectory() as model_dir:
         cfg = LMConfig(model="awd_lstm", optimizer="ntasgd", emsize=FLAGS.emsize,
                        nhid=FLAGS.nhid, nlayers=FLAGS.nlayers, batch_size=FLAGS.batch_size,
                        bptt=FLAGS.bptt, variable_bptt=True, seed=FLAGS.seed,
                        max_steps=FLAGS.steps, log_every=1, checkpoint_every=10 ** 9,
                        model_dir=model_dir, data_dir=data_dir, **PAPER)
-        trainer = Trainer(cfg)
+        trainer = open_run(cfg)
         _, (seconds,) = common.timed(trainer.train)
     losses = [h["train_loss"] for h in trainer.history if "train_loss" in h]
     return losses, seconds, dataclasses.asdict(cfg)

@@ -24,6 +24,7 @@ import common  # first: sys.path and oneDNN
 from absl import flags
 from lm_step import TfawdStep
 
+from tfawd import families
 from tfawd.lm import config
 
 flags.DEFINE_integer("steps", 20, "Timed training steps per round.")
@@ -40,7 +41,7 @@ flags.DEFINE_string("profile_dir", "/tmp/tfawd_profile",
                     "With --profile_steps=START,END: after timing, END-START training steps are "
                     "traced into this folder (TensorBoard's Profile tab) and the op types taking "
                     "most of their time are added to the JSON.")
-config.define_flags()
+families.define_flags(flags.FLAGS)  # run-level and family flags, as main.py
 FLAGS = flags.FLAGS
 
 
@@ -112,6 +113,7 @@ def main():
     from tfawd.lm.evaluation import Evaluator
     from tfawd.lm.models import resolve_cutoffs
     cfg = config.from_flags(FLAGS)
+    from tfawd.core.flags import profile_range
     from tfawd.lm.training import configure_runtime, vocab_order
     configure_runtime(cfg)
     if cfg.model != "awd_lstm":
@@ -122,7 +124,7 @@ def main():
 
     ours = TfawdStep(cfg, corpus)
     ours.run(FLAGS.warmup)
-    span = cfg.profile_range()
+    span = profile_range(cfg.profile_steps)
     profiled = span[1] - span[0] if span else 0
     compile_ahead = ours.compile_ahead(FLAGS.rounds * FLAGS.steps + profiled)
     with_reference = FLAGS.reference and torch_available()

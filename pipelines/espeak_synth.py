@@ -88,7 +88,7 @@ def _engine():
         with _fresh_library(lib_path, data_path) as (_, sample_rate):
             pass
     except (ImportError, OSError, RuntimeError) as e:
-        raise RuntimeError("cannot load the eSpeak NG library: install it into this Python with "
+        raise DataError("cannot load the eSpeak NG library: install it into this Python with "
                            f"`pip install espeakng-loader==0.2.4` ({e})") from e
     languages = sorted(f.lower() for _, _, files in os.walk(os.path.join(data_path, "lang"))
                        for f in files)

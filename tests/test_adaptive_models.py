@@ -5,6 +5,7 @@ tests/test_adaptive_softmax.py; the export: tests/test_export.py, both softmaxes
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +15,7 @@ from tests.test_awd_training import awd_cfg
 from tests.test_training import tiny_cfg
 from tfawd.lm import inference
 from tfawd.lm.models import build_model, resolve_cutoffs, unstable_cluster_warning
-from tfawd.lm.training import RunError, Trainer, train
+from tfawd.lm.training import RunError, open_run, train
 from tfawd.nn.adaptive_softmax import cluster_shares, sgd_unstable
 
 ADAPTIVE = dict(softmax="adaptive", adaptive_cutoffs="6,16", adaptive_div=2)
@@ -49,7 +50,7 @@ def test_an_adaptive_model_learns_and_its_perplexity_is_that_of_its_distribution
     vals = [h["val_ppl"] for h in history if "val_ppl" in h]
     assert vals[-1] < 0.7 * len(tiny_corpus.vocab)  # learnt the structure (uniform: V)
     # the test perplexity (from the training path's nll) is that of the full distribution
-    trainer = Trainer(cfg, tiny_corpus)
+    trainer = open_run(cfg, tiny_corpus)
     trainer.best.checkpoint.restore(trainer.best.latest_checkpoint).assert_consumed()
     ids = tiny_corpus.ids["test"]
     logp, _ = trainer.model(tf.constant(ids[None, :-1]), trainer.model.initial_state(1))
@@ -60,9 +61,9 @@ def test_an_adaptive_model_learns_and_its_perplexity_is_that_of_its_distribution
 def test_a_run_refuses_another_softmax_and_cutoffs_beyond_the_vocabulary(tiny_corpus, tmp_path):
     train(awd_cfg(tmp_path / "run", max_epochs=1, **ADAPTIVE), tiny_corpus)
     with pytest.raises(RunError, match="--softmax=adaptive"):
-        Trainer(awd_cfg(tmp_path / "run", max_epochs=1), tiny_corpus)
+        open_run(awd_cfg(tmp_path / "run", max_epochs=1), tiny_corpus)
     with pytest.raises(RunError, match="adaptive_cutoffs=6,99 must stay below the vocabulary"):
-        Trainer(awd_cfg(tmp_path / "other", **{**ADAPTIVE, "adaptive_cutoffs": "6,99"}),
+        open_run(awd_cfg(tmp_path / "other", **{**ADAPTIVE, "adaptive_cutoffs": "6,99"}),
                 tiny_corpus)
 
 
@@ -78,6 +79,14 @@ def test_cache_pointer_and_dynamic_evaluation_run_on_the_adaptive_distribution(t
     dynamic = tune_dynamic_eval(cfg, tiny_corpus)
     lr0 = [g for g in dynamic["search"]["grid"] if g["lr"] == 0][0]
     assert np.isfinite(dynamic["test"]["ppl"]) and lr0["ppl"] > 0
+    # at lr 0 nothing adapts: the grid's entry is static evaluation of the same (validation)
+    # tokens in the same segments, batch 1, with the run's best weights
+    from tfawd.lm.evaluation import Evaluator
+    best, _ = inference.load_trained(cfg.model_dir, cfg)
+    static = Evaluator(best).evaluate(tiny_corpus.ids["valid"][:cfg.dynamic_eval_tune_tokens],
+                                      batch_size=1, bptt=cfg.dynamic_eval_bptt)
+    assert lr0["nll"] == pytest.approx(static["nll"], rel=1e-6)
+    assert lr0["ppl"] == pytest.approx(static["ppl"], rel=1e-5)
     # --cache_window given: the cache pointer also ran on top of the adapting model; its base
     # is dynamic evaluation's own figure, and lambda 0 is in the grid, so it cannot be worse.
     both = dynamic["cache"]
@@ -91,6 +100,7 @@ def test_cache_pointer_and_dynamic_evaluation_run_on_the_adaptive_distribution(t
 
 
 def test_generation_and_beam_search_draw_from_the_adaptive_distribution(tiny_corpus, tmp_path):
+    keras.utils.set_random_seed(0)
     net = build_model(awd_cfg(tmp_path, **ADAPTIVE), len(tiny_corpus.vocab))
     prompt = [tiny_corpus.ids["valid"][:4]]
     greedy, logprobs = inference.generate(net, prompt, 5)
@@ -99,6 +109,19 @@ def test_generation_and_beam_search_draw_from_the_adaptive_distribution(tiny_cor
     assert logprobs[0, 0] == pytest.approx(float(tf.reduce_max(logp[0, -1])), abs=1e-5)
     beam, score = inference.beam_search(net, prompt, 3, beam_size=1)
     np.testing.assert_array_equal(beam, greedy[:, :3])
+    assert score[0] == pytest.approx(logprobs[0, :3].sum(), abs=1e-5)  # greedy's log-prob
+    # Two tokens with a beam as wide as the vocabulary: every first word is kept, so the
+    # search is exact. Its pair and score are the best of all V^2 pairs, scored here by one
+    # batched run of the model over prompt + each first word.
+    vocab = len(tiny_corpus.vocab)
+    best, best_score = inference.beam_search(net, prompt, 2, beam_size=vocab)
+    rows = np.concatenate([np.repeat(prompt, vocab, axis=0), np.arange(vocab)[:, None]], axis=1)
+    logp, _ = net(tf.constant(rows, tf.int32), net.initial_state(vocab))
+    pairs = logp[0, -2][:, None] + logp[:, -1]  # log p(a | prompt) + log p(b | prompt, a)
+    a, b = np.unravel_index(int(tf.argmax(tf.reshape(pairs, [-1]))), pairs.shape)
+    assert (a, b) == tuple(best[0])
+    assert best_score[0] == pytest.approx(float(pairs[a, b]), abs=1e-4)
+    assert best_score[0] >= logprobs[0, :2].sum() - 1e-5  # at least greedy's pair
 
 
 def test_frequency_order_puts_frequent_words_first():

@@ -8,6 +8,7 @@ The modes are called in-process as main.py calls them, with main.py's error cont
 user errors it turns into one line (`RunError`, `DataError`; `ValueError` for predict,
 generate and export).
 """
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -97,8 +98,7 @@ def _call(mode, run, corpus, tmp_path):
     if mode == "generate":
         inf.output = str(tmp_path / "gen.txt")
         return modes.generate(cfg, inf)
-    inf.export_dir = str(tmp_path / "export")
-    return export.export_run(cfg, inf)
+    return export.export_run(dataclasses.replace(cfg, export_dir=str(tmp_path / "export")))
 
 
 def check_damage(root, tmp_path, name, damage, mode, call):

@@ -8,7 +8,7 @@ import pytest
 
 from tests.test_training import _weights, tiny_cfg
 from tfawd.core.run_guard import RunError
-from tfawd.lm.training import Trainer
+from tfawd.lm.training import open_run
 
 
 def _data_files(run):
@@ -19,10 +19,10 @@ def _data_files(run):
 @pytest.mark.parametrize("damage", ["truncate", "delete", "garbage"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_bit_exactly(
         tiny_corpus, tmp_path, capsys, damage):
-    straight = Trainer(tiny_cfg(tmp_path / "a", max_steps=30), tiny_corpus)
-    straight.train()
-    first = Trainer(tiny_cfg(tmp_path / "b", max_steps=16, checkpoint_every=7), tiny_corpus)
-    first.train()  # checkpoints at 7, 14 and 16 (the stop)
+    straight = open_run(tiny_cfg(tmp_path / "a", max_steps=30), tiny_corpus)
+    straight.run()
+    first = open_run(tiny_cfg(tmp_path / "b", max_steps=16, checkpoint_every=7), tiny_corpus)
+    first.run()  # checkpoints at 7, 14 and 16 (the stop)
     del first
     newest = _data_files(tmp_path / "b")[-1]
     assert "ckpt-16." in newest
@@ -36,23 +36,23 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_bit_exactly(
             f.seek(0)
             f.write(os.urandom(os.path.getsize(newest)))
     capsys.readouterr()
-    resumed = Trainer(tiny_cfg(tmp_path / "b", max_steps=30, checkpoint_every=7), tiny_corpus)
+    resumed = open_run(tiny_cfg(tmp_path / "b", max_steps=30, checkpoint_every=7), tiny_corpus)
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert int(resumed.state.step) == 14
     assert len(warnings) == 1 and "ckpt-16" in warnings[0]
     assert all(h["step"] <= 14 for h in resumed.history)
-    resumed.train()
+    resumed.run()
     for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_no_readable_checkpoint_stops_with_one_line_naming_the_folder(tiny_corpus, tmp_path):
-    Trainer(tiny_cfg(tmp_path / "run", max_steps=10, checkpoint_every=4), tiny_corpus).train()
+    open_run(tiny_cfg(tmp_path / "run", max_steps=10, checkpoint_every=4), tiny_corpus).run()
     for path in _data_files(tmp_path / "run"):
         with open(path, "r+b") as f:
             f.truncate(3)
     with pytest.raises(RunError) as err:
-        Trainer(tiny_cfg(tmp_path / "run", max_steps=20), tiny_corpus)
+        open_run(tiny_cfg(tmp_path / "run", max_steps=20), tiny_corpus)
     message = str(err.value)
     assert "\n" not in message and os.path.join(str(tmp_path / "run"), "ckpt") in message
 
@@ -135,18 +135,18 @@ def test_a_disk_that_fills_up_mid_run_stops_with_one_line_and_resumes_bit_exactl
         pytest.skip("mounting a tmpfs needs root (CI and the dev machines run as root)")
     try:
         run = disk / "run"
-        straight = Trainer(tiny_cfg(tmp_path / "a", max_steps=30), tiny_corpus)
-        straight.train()
-        Trainer(tiny_cfg(run, max_steps=14, checkpoint_every=7), tiny_corpus).train()
+        straight = open_run(tiny_cfg(tmp_path / "a", max_steps=30), tiny_corpus)
+        straight.run()
+        open_run(tiny_cfg(run, max_steps=14, checkpoint_every=7), tiny_corpus).run()
         filler = disk / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
         with pytest.raises(RunError) as err:
-            Trainer(tiny_cfg(run, max_steps=30, checkpoint_every=7), tiny_corpus).train()
+            open_run(tiny_cfg(run, max_steps=30, checkpoint_every=7), tiny_corpus).run()
         assert "no space left" in str(err.value) and "\n" not in str(err.value)
         os.remove(filler)
-        resumed = Trainer(tiny_cfg(run, max_steps=30, checkpoint_every=7), tiny_corpus)
+        resumed = open_run(tiny_cfg(run, max_steps=30, checkpoint_every=7), tiny_corpus)
         assert int(resumed.state.step) == 14
-        resumed.train()
+        resumed.run()
         for a, b in zip(_weights(straight), _weights(resumed), strict=True):
             np.testing.assert_array_equal(a, b)
     finally:

@@ -131,3 +131,21 @@ def test_adapted_perplexity_equals_the_segment_by_segment_procedure(setup, chunk
     assert got["tokens"] == length - 1
     assert abs(expected - static["nll"]) > 1e-3  # the weights did adapt
     assert got["nll"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_mixed_precision_model_adapts_as_its_float32_twin(setup):
+    """A bf16 model is adapted as its float32 twin: the same NLL as the float32 model with the
+    same weights, and the bf16 model itself untouched."""
+    from tfawd.lm.models import built_in, copy_weights
+    corpus, model, rms = setup
+    mixed = built_in("mixed_bfloat16", lambda: AwdLstmModel.from_config(
+        {**model.get_config(), "dtype": "mixed_bfloat16"}))
+    copy_weights(model, mixed)
+    ids = corpus.ids["valid"][:101]
+    evaluator = DynamicEvaluator(mixed, rms)
+    assert evaluator.model is not mixed and evaluator.model.compute_dtype == "float32"
+    got = evaluator.evaluate(ids, lr=1e-2, lam=0.01, bptt=5)
+    want = DynamicEvaluator(model, rms).evaluate(ids, lr=1e-2, lam=0.01, bptt=5)
+    assert got["nll"] == pytest.approx(want["nll"], rel=1e-6)
+    for m, f in zip(mixed.trainable_variables, model.trainable_variables):
+        np.testing.assert_array_equal(m.numpy(), f.numpy())

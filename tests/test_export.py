@@ -358,15 +358,15 @@ def test_speech_export_contract(lm, tmp_path):
 def test_export_flags_reach_both_configs():
     from absl import flags
 
+    from tfawd import families
     from tfawd.lm import config
     from tfawd.speech import config as speech_config
     fv = flags.FlagValues()
-    config.define_flags(fv)
-    speech_config.define_flags(fv)
+    families.define_flags(fv)
     fv([sys.argv[0], "--export_dir=/tmp/exports", "--export_name=digits"])
-    assert config.inference_from_flags(fv).export_dir == "/tmp/exports"
+    assert config.from_flags(fv).export_dir == "/tmp/exports"
     assert speech_config.from_flags(fv).export_name == "digits"
-    assert config.InferenceConfig().export_dir == speech_config.SpeechConfig().export_dir
+    assert config.LMConfig().export_dir == speech_config.SpeechConfig().export_dir
 
 
 def test_a_bf16_model_is_exported_in_float32(tmp_path):

@@ -1,4 +1,5 @@
 """The command line: documented flags, flagfiles, one-line rejections of bad values."""
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,19 @@ from tests.conftest import REPO
 def run_main(*args, env=None):
     return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env=env)
+
+
+# What TensorFlow's C++ runtime writes to stderr when it loads (absl-format log lines, the CPU
+# feature notice's second line), and absl's fixed hint after a flag's error: not ours.
+TF_STARTUP = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+                        r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+                        r"|To enable the following instructions: ")
+ABSL_FLAG_HINT = "Pass --helpshort or --helpfull to see help on flags."
+
+
+def our_stderr_lines(stderr: str) -> list:
+    return [line for line in stderr.splitlines()
+            if line.strip() and not TF_STARTUP.match(line) and line != ABSL_FLAG_HINT]
 
 
 def test_helpfull_lists_every_flag_with_help():
@@ -26,8 +40,8 @@ def test_helpfull_lists_every_flag_with_help():
     (["--batch_size=-4"], "--batch_size must be positive"),
     (["--nhid=0"], "--nhid must be positive"),
     (["--dataset=wt3"], "value should be one of <wikitext2|ptb|spoken_digits|"),
-    (["--model=las"], "--model=las goes with --dataset in"),
-    (["--dataset=spoken_digits"], "--model=las goes with --dataset in"),
+    (["--model=las", "--dataset=wikitext2"], "--dataset=wikitext2 is not data of --model=las"),
+    (["--dataset=spoken_digits"], "--dataset=spoken_digits is not data of --model=lstm"),
     (["--model=las", "--dataset=spoken_digits", "--teacher_forcing=1.5"],
      "--teacher_forcing must be in [0, 1]"),
     (["--model=las", "--dataset=spoken_digits", "--mode=generate"],
@@ -41,17 +55,32 @@ def test_helpfull_lists_every_flag_with_help():
     (["--distribute=multi_worker"], "--distribute=multi_worker needs TF_CONFIG"),
     (["--distribute=gpus"], "value should be one of <none|mirrored|multi_worker>"),
     (["--cpu_replicas=-1"], "--cpu_replicas must be >= 0"),
-    (["stray"], "unexpected arguments"),
     (["--mode=generate", "--top_p=0"], "--top_p must be in (0, 1]"),
     (["--mode=generate", "--num_tokens=-3"], "--num_tokens must be positive"),
     (["--mode=generate", "--top_k=-1"], "--top_k must be >= 0"),
     (["--cache_thetas=0.5,x"], "--cache_thetas must be comma-separated"),
 ])
 def test_bad_values_are_rejected_with_a_one_line_message(args, message):
+    """Apart from TensorFlow's start-up log, stderr is one line: the message, naming the flag
+    at fault (the last one given in each case)."""
     result = run_main(*args)
     assert result.returncode != 0
-    assert message in result.stderr
     assert "Traceback" not in result.stderr
+    lines = our_stderr_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert message in lines[0]
+    assert args[-1].split("=")[0] in lines[0]
+
+
+def test_a_stray_argument_is_named_on_the_last_line_below_the_usage():
+    """absl's UsageError prints the usage (main.py's doc and flags) first, so this one is not
+    a single line: the error is the last line, and names the argument."""
+    result = run_main("stray")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = our_stderr_lines(result.stderr)
+    assert lines[-1] == "unexpected arguments ['stray']; flags look like --name=value"
+    assert lines[0] == "tfawd entry point: parses flags and dispatches to a mode."
 
 
 def test_non_training_modes_run_on_the_chief_only(tmp_path):
@@ -73,15 +102,15 @@ def test_config_files_parse(tmp_path, monkeypatch):
     from absl import flags
     monkeypatch.chdir(REPO)
 
-    from tfawd.lm import config
-    from tfawd.speech import config as speech_config
+    from tfawd import families
+    from tfawd.core import registry
     for cfg in sorted((REPO / "configs").glob("*.cfg")):
         fv = flags.FlagValues()
-        config.define_flags(fv)
-        speech_config.define_flags(fv)
+        families.define_flags(fv)
         fv([sys.argv[0], f"--flagfile={cfg}"])
-        module = speech_config if fv["model"].value == "las" else config
-        assert module.from_flags(fv).model_dir, cfg
+        family = registry.family_of(fv["model"].value)
+        assert fv["dataset"].value in family.datasets, cfg
+        assert family.from_flags(fv).model_dir, cfg
 
 
 def test_a_trained_run_answers_for_the_flags_not_given(tmp_path):
@@ -91,15 +120,13 @@ def test_a_trained_run_answers_for_the_flags_not_given(tmp_path):
 
     from absl import flags
 
-    from tfawd.core.flags import adopt_recorded_flags
-    from tfawd.lm import config
-    from tfawd.speech import config as speech_config
+    from tfawd import families
+    from tfawd.core.run_flags import adopt_recorded_flags
     (tmp_path / "results.json").write_text(json.dumps({"flags": {
         "model": "las", "dataset": "spoken_digits", "max_digits": 3, "eval_utterances": 40,
         "data_dir": "/elsewhere", "seed": 7, "unknown_old_flag": 1}}))
     fv = flags.FlagValues()
-    config.define_flags(fv)
-    speech_config.define_flags(fv)
+    families.define_flags(fv)
     fv(["main.py", f"--model_dir={tmp_path}", "--eval_utterances=12"])
     adopted = adopt_recorded_flags(fv, str(tmp_path))
     assert sorted(adopted) == ["dataset", "max_digits", "model", "seed"]

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests.test_training import _weights, tiny_cfg
 from tfawd.core.run_guard import Interrupted, ModelDirLock, NonFiniteError, RunError
-from tfawd.lm.training import Trainer, train
+from tfawd.lm.training import open_run, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD = ("import sys, time; from tfawd.core.run_guard import ModelDirLock; "
@@ -38,15 +38,20 @@ def test_a_second_process_is_refused_naming_the_first_and_sigkill_frees_the_fold
         pass
 
 
-def test_main_refuses_a_model_dir_in_use_within_seconds(tmp_path, data_dir):
+def test_main_refuses_a_model_dir_in_use_within_seconds(tmp_path):
+    """Refused before any data is read: --data_dir is an empty folder here (no download
+    either: the lock comes first)."""
     holder = _holder(tmp_path / "run")
+    no_data = tmp_path / "no_data"
+    no_data.mkdir()
     try:
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "main.py", "--flagfile=configs/lstm_base_wt2_cpu.cfg",
-                              f"--model_dir={tmp_path / 'run'}", f"--data_dir={data_dir}",
+                              f"--model_dir={tmp_path / 'run'}", f"--data_dir={no_data}",
                               "--max_steps=1"], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
         assert out.returncode != 0 and f"in use by process {holder.pid}" in out.stderr
+        assert os.listdir(no_data) == []
         assert time.perf_counter() - start < 60
     finally:
         holder.kill()
@@ -62,9 +67,9 @@ def test_a_run_that_never_started_leaves_no_folder(tmp_path):
 
 def test_sigterm_saves_the_current_step_and_the_resumed_run_is_bit_exact(tiny_corpus, tmp_path):
     total = 30
-    straight = Trainer(tiny_cfg(tmp_path / "a", max_steps=total), tiny_corpus)
-    straight.train()
-    first = Trainer(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
+    straight = open_run(tiny_cfg(tmp_path / "a", max_steps=total), tiny_corpus)
+    straight.run()
+    first = open_run(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
     step, calls = first.task.train_step, []
 
     def terminated_at_the_7th_step(x, y):
@@ -75,19 +80,19 @@ def test_sigterm_saves_the_current_step_and_the_resumed_run_is_bit_exact(tiny_co
 
     first.task.train_step = terminated_at_the_7th_step
     with pytest.raises(Interrupted, match="stopped by SIGTERM at step 7") as stopped:
-        first.train()
+        first.run()
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     assert first.manager.latest_checkpoint.endswith("ckpt-7")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
-    resumed = Trainer(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
+    resumed = open_run(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
     assert int(resumed.state.step) == 7
-    resumed.train()
-    for a, b in zip(_weights(straight), _weights(resumed)):
+    resumed.run()
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_a_non_finite_loss_stops_the_run_and_saves_nothing_of_it(tiny_corpus, tmp_path):
-    trainer = Trainer(tiny_cfg(tmp_path / "run", max_steps=40, checkpoint_every=5), tiny_corpus)
+    trainer = open_run(tiny_cfg(tmp_path / "run", max_steps=40, checkpoint_every=5), tiny_corpus)
     step, calls = trainer.task.train_step, []
 
     def nan_at_the_12th_step(x, y):
@@ -97,7 +102,7 @@ def test_a_non_finite_loss_stops_the_run_and_saves_nothing_of_it(tiny_corpus, tm
 
     trainer.task.train_step = nan_at_the_12th_step
     with pytest.raises(NonFiniteError, match="loss nan at step 12 .* checkpoint is .*ckpt-10"):
-        trainer.train()
+        trainer.run()
     assert trainer.manager.latest_checkpoint.endswith("ckpt-10")
 
 

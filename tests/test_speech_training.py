@@ -66,9 +66,11 @@ def test_a_run_writes_its_results_and_resumes(data_dir, tmp_path):
     assert os.path.exists(tmp_path / "run" / "loss_curve.png")
 
 
-def test_evaluating_an_untrained_folder_is_a_clear_error(data_dir, tmp_path):
+def test_evaluating_an_untrained_folder_is_a_clear_error(tmp_path):
+    """Said before any data is read (--data_dir names no folder here)."""
     with pytest.raises(RuntimeError, match="train first"):
-        speech_evaluation.evaluate(tiny_cfg(data_dir, tmp_path / "empty"))
+        speech_evaluation.evaluate(tiny_cfg(str(tmp_path / "no_data"), tmp_path / "empty"))
+    assert not (tmp_path / "no_data").exists()
 
 
 def test_a_trained_run_is_evaluated_and_exported_with_its_own_model_flags(tmp_path):
@@ -99,11 +101,11 @@ def test_a_conflicting_architecture_flag_is_refused_naming_both_values(tmp_path)
 
 
 def test_with_ema_the_best_weights_are_the_moving_average(data_dir, tmp_path):
-    trainer = speech_training.SpeechTrainer(tiny_cfg(data_dir, tmp_path / "run", ema_decay=0.9))
-    assert trainer.train() == "max_epochs"
+    trainer = speech_training.open_run(tiny_cfg(data_dir, tmp_path / "run", ema_decay=0.9))
+    assert trainer.run() == "max_epochs"
     variables = trainer.model.trainable_variables
     trained = [v.numpy() for v in variables]
-    with trainer.averaged_weights():
+    with trainer.task.averaged_weights():
         averaged = [v.numpy() for v in variables]
     assert all(np.array_equal(v.numpy(), t) for v, t in zip(variables, trained))  # put back
     assert not all(np.allclose(a, t) for a, t in zip(averaged, trained))

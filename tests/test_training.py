@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tfawd.lm.config import LMConfig
 from tfawd.lm.modes import evaluate
-from tfawd.lm.training import RunError, Trainer, train
+from tfawd.lm.training import RunError, open_run, train
 
 
 def tiny_cfg(model_dir, **kw):
@@ -41,7 +41,7 @@ def test_training_learns_and_writes_results_plot_and_tensorboard(tiny_corpus, tm
 
 
 def test_learning_rate_is_divided_when_validation_does_not_improve(tiny_corpus, tmp_path):
-    trainer = Trainer(tiny_cfg(tmp_path / "run", lr=4.0, lr_decay=4.0), tiny_corpus)
+    trainer = open_run(tiny_cfg(tmp_path / "run", lr=4.0, lr_decay=4.0), tiny_corpus)
     trainer.end_epoch()  # first validation always improves on +inf
     assert float(trainer.task.lm.lr) == 4.0
     trainer.state.best_score.assign(0.0)  # now nothing can improve
@@ -85,17 +85,17 @@ def _weights(trainer):
 def test_resume_continues_exactly_where_it_stopped(tiny_corpus, tmp_path, split_at):
     """N steps in one run == split_at steps, a new process-like restart, then the rest."""
     total = 70  # the tiny corpus has ~42 windows per epoch, so this crosses an epoch boundary
-    straight = Trainer(tiny_cfg(tmp_path / "a", max_steps=total), tiny_corpus)
-    straight.train()
-    first = Trainer(tiny_cfg(tmp_path / "b", max_steps=split_at), tiny_corpus)
-    first.train()
+    straight = open_run(tiny_cfg(tmp_path / "a", max_steps=total), tiny_corpus)
+    straight.run()
+    first = open_run(tiny_cfg(tmp_path / "b", max_steps=split_at), tiny_corpus)
+    first.run()
     del first
-    resumed = Trainer(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
+    resumed = open_run(tiny_cfg(tmp_path / "b", max_steps=total), tiny_corpus)
     assert int(resumed.state.step) == split_at
-    resumed.train()
+    resumed.run()
     assert int(resumed.state.step) == int(straight.state.step) == total
     assert int(resumed.state.epoch) == int(straight.state.epoch)
-    for a, b in zip(_weights(straight), _weights(resumed)):
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
     assert float(resumed.task.lm.lr) == float(straight.task.lm.lr)
 
@@ -109,7 +109,7 @@ def test_profile_steps_write_a_trace_for_the_tensorboard_profile_tab(tiny_corpus
 def test_resuming_with_other_shapes_is_refused_naming_the_flags(tiny_corpus, tmp_path):
     train(tiny_cfg(tmp_path / "run", max_steps=2), tiny_corpus)
     with pytest.raises(RunError, match=r"--nhid=16 \(now 32\)"):
-        Trainer(tiny_cfg(tmp_path / "run", nhid=32, emsize=32), tiny_corpus)
+        open_run(tiny_cfg(tmp_path / "run", nhid=32, emsize=32), tiny_corpus)
 
 
 def test_evaluate_without_a_checkpoint_says_to_train_first(tmp_path):
@@ -124,18 +124,18 @@ def test_best_checkpoint_holds_every_weight_and_reproduces_its_validation_score(
     even after training moved on (the checkpoint must hold every layer, including the LSTMs
     kept in a Python list)."""
     extra = dict(model="awd_lstm", emsize=16, nhid=16) if model == "awd_lstm" else {}
-    trainer = Trainer(tiny_cfg(tmp_path / "run", max_epochs=2, **extra), tiny_corpus)
-    trainer.train()
+    trainer = open_run(tiny_cfg(tmp_path / "run", max_epochs=2, **extra), tiny_corpus)
+    trainer.run()
     best = float(trainer.state.best_score)
     names = {n for n, _ in tf.train.list_variables(trainer.best.latest_checkpoint)}
     assert sum(n.startswith("variables/") for n in names) == len(trainer.model.variables)
     trainer.settings.max_epochs, trainer.settings.max_steps = 3, int(trainer.state.step) + 10
-    trainer.train()  # 10 more steps, stopped inside an epoch: the live weights drift
+    trainer.run()  # 10 more steps, stopped inside an epoch: the live weights drift
     assert trainer.task.validate()["nll"] != pytest.approx(best, rel=1e-6)
     stop = trainer.history[-1]  # the check at the stop keeps those weights only if better
     assert stop["partial"] and stop["kept"] == (stop["val_loss"] < best)
     kept = stop["val_loss"] if stop["kept"] else best
-    assert trainer.evaluate_best()["val_nll"] == pytest.approx(kept, rel=1e-6)
+    assert trainer.task.final_evaluation(trainer)["val_nll"] == pytest.approx(kept, rel=1e-6)
 
 
 def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_path):
@@ -189,7 +189,7 @@ def test_a_resumed_run_keeps_its_precision_unless_told(tiny_corpus, tmp_path, ca
     capsys.readouterr()
     cfg = tiny_cfg(tmp_path / "run", max_steps=6, precision="mixed_bfloat16")
     cfg.precision_given = given  # as from_flags leaves it when auto resolved to bf16 here
-    t = Trainer(cfg, tiny_corpus)
+    t = open_run(cfg, tiny_corpus)
     assert t.cfg.precision == expected
     assert t.task.model.dtype_policy.name == expected
     notice = [line for line in capsys.readouterr().out.splitlines() if "notice" in line]
@@ -206,7 +206,7 @@ def test_the_training_clock_leaves_out_the_time_the_process_was_stopped():
     import textwrap
     code = textwrap.dedent("""
         import time
-        from tfawd.core.loop import clock
+        from tfawd.core.clock import clock
         c = clock(); t0, w0 = c.now(), time.perf_counter()
         print("ready", flush=True)
         while time.perf_counter() - w0 < 12:

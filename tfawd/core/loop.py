@@ -13,7 +13,6 @@ loop's counters (`RunState`) and the task's own state (`Task.state`). Re-running
 import contextlib
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Iterable
 
@@ -22,6 +21,7 @@ import tensorflow as tf
 
 from tfawd.core import reporting
 from tfawd.core.checkpoints import RunCheckpoints, checkpoint_writes
+from tfawd.core.clock import clock
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import StopSignals, check_finite
 from tfawd.core.segments import Segments
@@ -62,6 +62,7 @@ class Task:
     """What a model family gives the loop. `model` and `optimizer` are checkpointed; `unit`
     names what `step` counts (tokens, frames)."""
 
+    cfg = None
     model = None
     optimizer = None
     unit = "units"
@@ -132,6 +133,9 @@ class Loop:
         with checkpoint_writes(self.tb_dir, "TensorBoard logs"):
             self.writers = {k: tf.summary.create_file_writer(os.path.join(self.tb_dir, k))
                             for k in ("train", "valid")}
+
+    cfg = property(lambda self: self.task.cfg)  # the run's config (a family's RunFlags)
+    model = property(lambda self: self.task.model)
 
     def save(self):
         st = self.state
@@ -337,44 +341,6 @@ class Loop:
             yield profiler
         finally:
             profiler.stop()
-
-
-class PauseAwareClock:
-    """Seconds that leave out the time the process was stopped (SIGSTOP to free the cores
-    for a measurement, a suspended VM): a daemon thread ticks every `tick` seconds, and a gap
-    between ticks longer than `tick + slack` counts as paused. `now()` is `perf_counter()`
-    less the pauses seen so far; training seconds are measured on it."""
-
-    def __init__(self, tick: float = 0.5, slack: float = 4.5):
-        self.tick, self.slack, self.paused = tick, slack, 0.0
-        self._lock = threading.Lock()
-        self._last = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pause-clock")
-        self._thread.start()
-
-    def _run(self):
-        while True:
-            time.sleep(self.tick)
-            t = time.perf_counter()
-            with self._lock:
-                gap = t - self._last
-                if gap > self.tick + self.slack:
-                    self.paused += gap - self.tick
-                self._last = t
-
-    def now(self) -> float:
-        with self._lock:
-            return time.perf_counter() - self.paused
-
-
-CLOCK = None  # the process's PauseAwareClock, started by the first loop
-
-
-def clock() -> PauseAwareClock:
-    global CLOCK
-    if CLOCK is None:
-        CLOCK = PauseAwareClock()
-    return CLOCK
 
 
 class _Pending:

@@ -7,9 +7,9 @@ import dataclasses
 
 from absl import flags
 
-from pipelines.corpus_files import CORPORA, default_data_dir
+from pipelines.corpus_files import default_data_dir
 from tfawd.core import runtime
-from tfawd.core.flags import MODELS, SPEECH_DATASETS, define_fields
+from tfawd.core.flags import RunFlags, config_from_flags, define_fields
 from tfawd.core.flags import field as _f
 
 OPTIMIZERS = ("sgd", "ntasgd")
@@ -18,16 +18,9 @@ AUTO = "auto"  # --adaptive_cutoffs chosen from the corpus (`tfawd.lm.models.res
 
 
 @dataclasses.dataclass
-class LMConfig:
-    # Data
-    dataset: str = _f("wikitext2", "Corpus to model (language models), or speech data "
-                                    "(--model=las).", choices=tuple(CORPORA) + SPEECH_DATASETS)
-    data_dir: str = _f(None, "Folder holding wikitext-2/ and penn/ (like ../shared/data). "
-                             "Default: $TFAWD_DATA_DIR, else a download cache.")
-    model_dir: str = _f("runs/lstm_base", "Where checkpoints, TensorBoard logs, results.json and "
-                                          "plots go. Re-running with the same folder resumes.")
+class LMConfig(RunFlags):
+    """The language models' run (`RunFlags`, with their defaults) and their own flags."""
     # Model
-    model: str = _f("lstm", "Model architecture (las: the speech recogniser).", choices=MODELS)
     emsize: int = _f(650, "Word embedding size.")
     nhid: int = _f(650, "Hidden units per LSTM layer.")
     nlayers: int = _f(2, "Number of LSTM layers.")
@@ -62,11 +55,7 @@ class LMConfig:
                                 "mixed_bfloat16: bf16 matmuls with float32 weights, softmax, loss "
                                 "and carried state. The precision used is in results.json.",
                         choices=("auto", "float32", "mixed_bfloat16"))
-    inter_op_threads: int = _f(0, "TensorFlow ops run concurrently (0: TensorFlow's default, "
-                                  "one per core).")
-    intra_op_threads: int = _f(0, "Threads inside one op (0: TensorFlow's default, one per core).")
     # Stream
-    batch_size: int = _f(20, "Training batch size (number of contiguous stream columns).")
     eval_batch_size: int = _f(10, "Validation batch size (the reference uses 10).")
     test_batch_size: int = _f(1, "Test batch size (the reference uses 1).")
     bptt: int = _f(35, "Truncated-BPTT window length.")
@@ -75,7 +64,6 @@ class LMConfig:
     # Optimisation
     optimizer: str = _f("sgd", "sgd: SGD, lr divided by --lr_decay when validation does not "
                                "improve. ntasgd: NT-ASGD (AWD-LSTM section 3).", choices=OPTIMIZERS)
-    lr: float = _f(20.0, "SGD learning rate (scaled by T/bptt per window with --variable_bptt).")
     lr_decay: float = _f(4.0, "sgd: divide the learning rate by this when validation does not "
                               "improve (1: never).")
     wdecay: float = _f(0.0, "L2 weight decay.")
@@ -89,8 +77,6 @@ class LMConfig:
                                       "at the latest (0: the non-monotone trigger alone). An "
                                       "epoch count, not a clock, so a run that resumes on "
                                       "machines of other speeds switches at the same point.")
-    clip: float = _f(0.25, "Clip the global gradient norm to this (0: no clipping).")
-    seed: int = _f(1111, "Random seed (weights, dropout masks, window lengths).")
     # Evaluation extras (--mode=evaluate / tune_cache / tune_dynamic_eval)
     cache_window: int = _f(0, "Continuous cache pointer over this many previous positions "
                               "(0: off; the paper uses 3785 on WikiText-2).")
@@ -112,25 +98,9 @@ class LMConfig:
                                                         "(scaled by dynamic_eval_bptt / 5).")
     dynamic_eval_tune_tokens: int = _f(30000, "--mode=tune_dynamic_eval: validation tokens "
                                               "used for the search (0: all).")
-    # Run bounds and outputs
-    max_epochs: int = _f(40, "Stop after this many epochs.")
-    max_steps: int = _f(0, "Stop after this many training steps in total (0: no limit).")
-    time_budget_min: float = _f(0.0, "Stop training after this many minutes of this run, then "
-                                     "evaluate (0: no limit).")
     final_test: bool = _f(True, "After training, also score the test split (at "
                                 "--test_batch_size); recipe searches turn it off.")
-    log_every: int = _f(50, "Steps between progress/TensorBoard updates.")
-    checkpoint_every: int = _f(500, "Steps between checkpoints (also saved at each epoch end).")
-    checkpoint_every_min: float = _f(0.0, "Also checkpoint when this many minutes passed since "
-                                          "the last save (0: off): bounds what a killed run "
-                                          "loses on a machine of any speed.")
-    profile_steps: str = _f("", "START,END: write a profiler trace of these training steps "
-                                "(TensorBoard profile tab).")
 
-    # Not a flag: the names of the flags the user gave (command line or flagfile), so a trained
-    # run's own architecture is checked against those only (`inference.load_trained`); None (a
-    # config built in code): every field counts as given.
-    explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
     # Not a flag: --precision as given, before `auto` was resolved (a resumed run keeps its
     # recorded precision when this is `auto`: `training.keep_run_precision`).
     precision_given: str | None = dataclasses.field(default=None, metadata={"flag": False})
@@ -145,19 +115,12 @@ class LMConfig:
                              "(tfawd.lm.models.resolve_cutoffs) before a model is built")
         return [int(c) for c in self.adaptive_cutoffs.split(",") if c.strip()]
 
-    def profile_range(self):
-        if not self.profile_steps:
-            return None
-        start, end = (int(s) for s in self.profile_steps.split(","))
-        return start, end
 
 
-POSITIVE = ("emsize", "nhid", "nlayers", "batch_size", "eval_batch_size", "test_batch_size",
-            "bptt", "lr", "max_epochs", "log_every", "checkpoint_every", "nonmono",
-            "dynamic_eval_bptt")
-NON_NEGATIVE = ("bptt_max_len", "clip", "max_steps", "time_budget_min", "average_last_min",
-                "average_after_epochs", "checkpoint_every_min",
-                "alpha", "beta", "wdecay",
+POSITIVE = ("emsize", "nhid", "nlayers", "eval_batch_size", "test_batch_size", "bptt",
+            "nonmono", "dynamic_eval_bptt")
+NON_NEGATIVE = ("bptt_max_len", "average_last_min", "average_after_epochs", "alpha", "beta",
+                "wdecay",
                 "cache_window", "cache_theta", "dynamic_eval_lr", "dynamic_eval_lambda",
                 "dynamic_eval_tune_tokens", "dynamic_eval_grad_batches")
 FLOAT_LISTS = ("cache_thetas", "cache_lambdas", "dynamic_eval_lrs", "dynamic_eval_lambdas")
@@ -186,16 +149,6 @@ def _valid_cutoffs(value):
     return bool(cutoffs) and cutoffs[0] > 0 and all(a < b for a, b in zip(cutoffs, cutoffs[1:]))
 
 
-def _valid_profile_steps(value):
-    if not value:
-        return True
-    try:
-        start, end = (int(s) for s in value.split(","))
-    except ValueError:
-        return False
-    return 0 <= start < end
-
-
 @dataclasses.dataclass
 class InferenceConfig:
     """What --mode=predict and --mode=generate read, write and how they decode."""
@@ -212,22 +165,18 @@ class InferenceConfig:
     temperature: float = _f(1.0, "generate (sample): softmax temperature.")
     top_k: int = _f(0, "generate (sample): keep the k most likely words (0: all).")
     top_p: float = _f(1.0, "generate (sample): nucleus mass in (0, 1] (1: no filter).")
-    beam_size: int = _f(4, "generate (beam): beams.")
     sample_seed: int = _f(0, "generate (sample): seed; the same seed gives the same text.")
     allow_unk: bool = _f(False, "generate: let the model produce <unk>.")
     allow_eos: bool = _f(True, "generate: let the model end lines (<eos>, kept as the word "
                                "<eos> so that each continuation stays on one line).")
     strict: bool = _f(False, "predict/generate: refuse words outside the vocabulary instead of "
                              "mapping them to <unk>.")
-    export_dir: str = _f("saved_models", "export: where SavedModels go, in TF Serving's layout "
-                                         "<export_dir>/<name>/<version>/, plus models.config.")
-    export_name: str = _f("", "export: the model's name under --export_dir (default: the "
-                              "basename of --model_dir).")
 
 
 
 def define_flags(fv=flags.FLAGS):
-    """Defines one absl flag per `LMConfig` and `InferenceConfig` field, with validators."""
+    """Defines one absl flag per `LMConfig` and `InferenceConfig` field (but the run-level
+    ones, `tfawd.core.flags.define_run_flags`), with validators."""
     define_fields(dataclasses.fields(LMConfig), fv)
     define_fields(dataclasses.fields(InferenceConfig), fv)
     for name in POSITIVE:
@@ -247,8 +196,7 @@ def define_flags(fv=flags.FLAGS):
     for name, check, text in (("num_tokens", lambda v: v > 0, "must be positive"),
                               ("temperature", lambda v: v > 0, "must be positive"),
                               ("top_k", lambda v: v >= 0, "must be >= 0 (0: no limit)"),
-                              ("top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
-                              ("beam_size", lambda v: v >= 1, "must be >= 1")):
+                              ("top_p", lambda v: 0 < v <= 1, "must be in (0, 1]")):
         flags.register_validator(name, check, f"--{name} {text}", flag_values=fv)
     flags.register_validator("lr_decay", lambda v: v >= 1, "--lr_decay must be >= 1",
                              flag_values=fv)
@@ -256,9 +204,6 @@ def define_flags(fv=flags.FLAGS):
                              "--adaptive_cutoffs must be auto or increasing positive integers, "
                              "e.g. 2000,10000", flag_values=fv)
     flags.register_validator("adaptive_div", lambda v: v >= 1, "--adaptive_div must be >= 1",
-                             flag_values=fv)
-    flags.register_validator("profile_steps", _valid_profile_steps,
-                             "--profile_steps must be START,END with 0 <= START < END",
                              flag_values=fv)
     flags.register_multi_flags_validator(
         ["average_last_min", "optimizer", "time_budget_min"],
@@ -277,16 +222,13 @@ def define_flags(fv=flags.FLAGS):
 
 
 def inference_from_flags(fv=flags.FLAGS) -> InferenceConfig:
-    return InferenceConfig(**{f.name: fv[f.name].value
-                              for f in dataclasses.fields(InferenceConfig)})
+    return config_from_flags(InferenceConfig, fv)
 
 
 def from_flags(fv=flags.FLAGS) -> LMConfig:
     """The run's config; `--precision=auto` becomes the precision this machine runs
     (`runtime.resolve_precision`), so everything downstream sees a concrete dtype policy."""
-    names = [f.name for f in dataclasses.fields(LMConfig) if f.metadata.get("flag") is not False]
-    cfg = LMConfig(**{n: fv[n].value for n in names},
-                   explicit=tuple(sorted(n for n in names if fv[n].present)))
+    cfg = config_from_flags(LMConfig, fv)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
     cfg.precision_given = cfg.precision

@@ -162,11 +162,11 @@ def _export(model, vocab, base_dir, name, max_words):
     return save_version(archive, base_dir, name)
 
 
-def export_run(cfg, inf) -> str:
+def export_run(cfg) -> str:
     """`--mode=export` for the language models: the trained run of `cfg.model_dir`, to
-    `inf.export_dir`."""
+    `cfg.export_dir`."""
     model, vocab = inference.load_trained(cfg.model_dir, cfg)
-    path = export_language_model(model, vocab, inf.export_dir,
-                                 export_name(cfg.model_dir, inf.export_name))
-    print(f"| export | {path} | {write_models_config(inf.export_dir)}", flush=True)
+    path = export_language_model(model, vocab, cfg.export_dir,
+                                 export_name(cfg.model_dir, cfg.export_name))
+    print(f"| export | {path} | {write_models_config(cfg.export_dir)}", flush=True)
     return path

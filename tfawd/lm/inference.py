@@ -23,9 +23,10 @@ from pipelines.vocab import EOS, UNK, Vocabulary
 from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.checkpoints import restore_weights, weights_checkpoint
 from tfawd.core.run_dir import RunDir
+from tfawd.core.run_flags import check_architecture, flag_mismatches
+from tfawd.core.run_guard import RunError
 from tfawd.lm.config import AUTO
 from tfawd.lm.models import architecture_flags, build_model, from_saved_config
-from tfawd.lm.training import RunError, flag_mismatches
 
 METHODS = ("greedy", "sample")
 _ARCHITECTURE = ("model", "emsize", "nhid", "nlayers", "tie_weights", "softmax", "adaptive_cutoffs",
@@ -49,13 +50,8 @@ def load_trained(model_dir: str, cfg):
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
     vocab = Vocabulary.load(run.vocab)
     if os.path.exists(run.model):
-        saved = architecture_flags(run.model)
-        given = saved if cfg.explicit is None else cfg.explicit  # None: a config built in code
-        conflicts = [f"--{k}={v} (now {getattr(cfg, k)})" for k, v in saved.items()
-                     if k in given and getattr(cfg, k) not in (v, AUTO)]  # auto: as resolved
-        if conflicts:
-            raise RunError(f"--model_dir={model_dir} was trained with {', '.join(conflicts)}; "
-                           f"drop those flags (the run's own are read from its model.json)")
+        check_architecture(cfg, model_dir, architecture_flags(run.model),
+                           wildcards=(AUTO,))  # auto: as resolved
         model = from_saved_config(run.model, cfg.precision)
         if model.vocab_size != len(vocab):
             raise RunError(f"{run.vocab} has {len(vocab)} words but {run.model} a vocabulary of "

@@ -22,12 +22,13 @@ from pipelines.lm_corpus import Corpus, load_corpus
 from tfawd.core import files, reporting
 from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.run_dir import RunDir
+from tfawd.core.run_flags import FIX_FLAGS
+from tfawd.core.run_guard import RunError
 from tfawd.lm.config import float_list
 from tfawd.lm.dynamic_eval import DynamicEvaluator, gradient_rms
 from tfawd.lm.evaluation import Evaluator, split_metrics
 from tfawd.lm.inference import load_trained
 from tfawd.lm.pointer import cache_grid, evaluate_with_cache
-from tfawd.lm.training import FIX_FLAGS, RunError
 
 
 class LoadedRun(typing.NamedTuple):
@@ -238,7 +239,7 @@ def generate(cfg, inf) -> list:
         kwargs.update(temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p,
                       seed=inf.sample_seed)
     results = inference.generate_text(model, vocab, prompts, inf.num_tokens, inf.method,
-                                      beam_size=inf.beam_size, strict=inf.strict,
+                                      beam_size=cfg.beam_size, strict=inf.strict,
                                       eos=f" {EOS} ", **kwargs)
     path = _default_output(cfg, inf.output, "generated.txt")
     files.write_text(path, "".join(r["continuation"].replace("\n", " ") + "\n"

@@ -18,21 +18,20 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import time
 
-import keras
 import tensorflow as tf
 from absl import logging
 
 from pipelines import bptt
 from pipelines.lm_corpus import Corpus, load_corpus
 from pipelines.vocab import Vocabulary
-from tfawd.core import distribute, files, reporting, runtime
-from tfawd.core.checkpoints import check_saved_config, load_config, save_config
+from tfawd.core import distribute, driver, files, reporting, run_flags, runtime
 from tfawd.core.checkpoints import latest as latest_checkpoint
-from tfawd.core.loop import FLOAT32_MAX, Loop, LoopConfig, Task
+from tfawd.core.checkpoints import load_config
+from tfawd.core.driver import TrainingTask
+from tfawd.core.loop import FLOAT32_MAX, Loop
 from tfawd.core.run_dir import RunDir
-from tfawd.core.run_guard import ModelDirLock, RunError
+from tfawd.core.run_guard import RunError
 from tfawd.lm.evaluation import Evaluator, split_metrics
 from tfawd.lm.models import build_model, resolve_cutoffs, unstable_cluster_warning
 from tfawd.nn.losses import (
@@ -46,67 +45,6 @@ from tfawd.nn.optimizers import NTASGD, SGD, nonmonotone_trigger
 # Flags a checkpoint cannot be resumed under a different value of.
 RESUME_FIXED = ("dataset", "model", "emsize", "nhid", "nlayers", "tie_weights", "batch_size",
                 "softmax", "adaptive_cutoffs", "adaptive_div")
-
-
-FIX_FLAGS = "restore it from a copy of the run folder (it records the flags the run must keep)"
-
-
-def read_flags(model_dir: str) -> dict:
-    """The run's flags.json ({} when it has none), or one line naming it when damaged."""
-    path = RunDir(model_dir).flags
-    if not os.path.exists(path):
-        return {}
-    saved = files.read_json(path, fix=FIX_FLAGS)
-    if not isinstance(saved, dict):
-        raise RunError(f"{path} is damaged (not a JSON object); {FIX_FLAGS}")
-    return saved
-
-
-def flag_mismatches(cfg, model_dir: str, keys=RESUME_FIXED) -> list:
-    """'--k=saved (now v)' for each of `keys` that differs from the run's flags.json."""
-    saved = read_flags(model_dir)
-    return [f"--{k}={saved[k]} (now {getattr(cfg, k)})" for k in keys
-            if k in saved and saved[k] != getattr(cfg, k)]
-
-
-def check_resumable(cfg, model_dir: str) -> None:
-    """Refuses to reuse a model_dir trained with other shapes (see `record_shapes`)."""
-    diff = flag_mismatches(cfg, model_dir)
-    if diff:
-        raise RunError(f"{model_dir} holds a run made with {', '.join(diff)} (its "
-                       f"{os.path.basename(RunDir(model_dir).flags)}); use those flags to "
-                       f"resume it, or a new --model_dir")
-
-
-def record_shapes(cfg, model_dir: str) -> None:
-    """flags.json: the RESUME_FIXED flags as given, and the precision the run trains in (added
-    to a run recorded before precisions were kept)."""
-    path = RunDir(model_dir).flags
-    saved = read_flags(model_dir)
-    if "precision" in saved:
-        return
-    reporting.write_json(path, {**{k: getattr(cfg, k) for k in RESUME_FIXED}, **saved,
-                                "precision": cfg.precision})
-
-
-def keep_run_precision(cfg, model_dir: str):
-    """A resumed run trains in the precision it started with (flags.json), whatever
-    `--precision=auto` resolves to on this machine, with a one-line notice when they differ;
-    an explicit other `--precision` changes it, also with a notice (and flags.json then records
-    the new one). Never a silent change of numerics mid-run (issue 24)."""
-    path = RunDir(model_dir).flags
-    saved = read_flags(model_dir).get("precision")
-    if saved is None or saved == cfg.precision:
-        return cfg
-    if cfg.precision_given in (None, "auto"):
-        print(f"notice: {model_dir} trains in {saved} (recorded in {path}); keeping it although "
-              f"--precision=auto means {cfg.precision} on this machine (pass --precision="
-              f"{cfg.precision} to change)", flush=True)
-        return dataclasses.replace(cfg, precision=saved)
-    print(f"notice: {model_dir} trained in {saved} so far; continuing in {cfg.precision} as "
-          f"--precision asks", flush=True)
-    reporting.write_json(path, {**read_flags(model_dir), "precision": cfg.precision})
-    return cfg
 
 
 class LMState(tf.Module):
@@ -205,23 +143,64 @@ def make_train_step(model, optimizer, state: LMState, cfg, strategy=None):
     return train_step
 
 
-class LanguageModelTask(Task):
-    """The language model for the loop: BPTT windows of the training stream (the LSTM state
-    carried from one to the next), cross-entropy + AR/TAR steps, validation perplexity, and
-    the schedule (SGD's lr decay or NT-ASGD's switch to averaging)."""
+class LanguageModelTask(TrainingTask):
+    """The language model for the run driver: the corpus and vocabulary (checked against a
+    resumed run's), the model and NT-ASGD / SGD, BPTT windows of the training stream (the LSTM
+    state carried from one to the next), cross-entropy + AR/TAR steps, validation perplexity,
+    the schedule (SGD's lr decay or NT-ASGD's switch to averaging) and the final evaluation of
+    the best weights (valid at --eval_batch_size, test at --test_batch_size)."""
 
     unit = "tokens"
 
-    def __init__(self, cfg, corpus: Corpus, model, finetuning: bool = False, strategy=None):
-        self.cfg, self.corpus, self.model, self.finetuning = cfg, corpus, model, finetuning
+    def __init__(self, cfg, distribution: distribute.Distribution, corpus: Corpus | None = None,
+                 init_from: str | None = None):
+        """`init_from`: a weights checkpoint to fine-tune from when `model_dir` has none yet;
+        the run then averages from its first step (the reference's finetune.py)."""
+        run_flags.check_resumable(cfg, cfg.model_dir, RESUME_FIXED)
+        cfg = run_flags.keep_run_precision(cfg, cfg.model_dir)
+        cfg = dataclasses.replace(
+            cfg, precision=distribution.agreed_precision(cfg.precision, cfg.precision_given))
+        self.given_cfg = cfg  # as recorded in results.json (cut-offs as given, e.g. `auto`)
+        run = RunDir(cfg.model_dir)
+        vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
+        if corpus is None:
+            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
+        elif vocab is not None and vocab.words != corpus.vocab.words:
+            raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
+                           f"use a new --model_dir")
+        os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
+        # as given (`auto`: resolved alike on resuming)
+        run_flags.record_shapes(cfg, cfg.model_dir, RESUME_FIXED)
+        if cfg.softmax == "adaptive":
+            counts = corpus.word_counts()
+            cfg = resolve_cutoffs(cfg, counts)
+            logging.info("adaptive softmax: cut-offs %s", cfg.adaptive_cutoffs)
+            warning = unstable_cluster_warning(cfg, counts)
+            if warning:
+                logging.warning(warning)
+                print(f"warning: {warning}", flush=True)
+        if vocab is None:  # a resumed run's vocabulary is already there, equal to the corpus's
+            files.write_text(run.vocab, corpus.vocab.text())
+        with distribution.scope():  # the weights mirrored over the replicas
+            try:
+                model = build_model(cfg, len(corpus.vocab))
+            except ValueError as e:  # flags the model cannot be built with
+                raise RunError(str(e)) from None
+        if os.path.exists(run.model):  # a resumed run: its saved vocabulary size is this one
+            saved = load_config(run.model)["config"].get("vocab_size")
+            if saved is not None and saved != len(corpus.vocab):
+                raise RunError(f"{run.vocab} has {len(corpus.vocab)} words but {run.model} a "
+                               f"vocabulary of {saved}: one of them is damaged or from another "
+                               f"run; restore the run folder from a copy")
+        self.cfg, self.corpus, self.model = cfg, corpus, model
+        self.init_from, self.finetuning = init_from, init_from is not None
         self.evaluator = Evaluator(model)
-        strategy = strategy or tf.distribute.get_strategy()
+        strategy = distribution.strategy
         with strategy.scope():  # slots mirrored as the weights; the rest is bookkeeping
             self.optimizer = make_optimizer(cfg)
             self.optimizer.build(model.trainable_variables)
         self.lm = LMState(model, cfg.batch_size, cfg.lr)
         self.train_step = make_train_step(model, self.optimizer, self.lm, cfg, strategy)
-        self._norms = []
 
     def state(self) -> dict:
         return {"lm": self.lm}
@@ -303,98 +282,56 @@ class LanguageModelTask(Task):
         return "", averaged and self.finetuning and triggered
 
 
-class Trainer(Loop):
-    """The loop of one language-model `model_dir`: data, model, task, checkpoints, logs."""
-
-    def __init__(self, cfg, corpus: Corpus | None = None, init_from: str | None = None,
-                 distribution: distribute.Distribution | None = None):
-        """`init_from`: a weights checkpoint to fine-tune from when `model_dir` has none yet;
-        the run then averages from its first step (the reference's finetune.py).
-        `distribution`: the strategy the step runs under (default: one process)."""
-        self.cfg = cfg
-        dist = distribution or distribute.local()
-        dist.check_batch(cfg.batch_size)
-        check_resumable(cfg, cfg.model_dir)
-        self.cfg = cfg = keep_run_precision(cfg, cfg.model_dir)
-        self.cfg = cfg = dataclasses.replace(
-            cfg, precision=dist.agreed_precision(cfg.precision, cfg.precision_given))
-        keras.utils.set_random_seed(cfg.seed)
-        run = RunDir(cfg.model_dir)
-        vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
-        if corpus is None:
-            corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
-        elif vocab is not None and vocab.words != corpus.vocab.words:
-            raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
-                           f"use a new --model_dir")
-        os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
-        record_shapes(cfg, cfg.model_dir)  # as given (`auto`: resolved alike on resuming)
-        if cfg.softmax == "adaptive":
-            counts = corpus.word_counts()
-            self.cfg = cfg = resolve_cutoffs(cfg, counts)
-            logging.info("adaptive softmax: cut-offs %s", cfg.adaptive_cutoffs)
-            warning = unstable_cluster_warning(cfg, counts)
-            if warning:
-                logging.warning(warning)
-                print(f"warning: {warning}", flush=True)
-        if vocab is None:  # a resumed run's vocabulary is already there, equal to the corpus's
-            files.write_text(run.vocab, corpus.vocab.text())
-        with dist.scope():  # the weights mirrored over the replicas
-            try:
-                model = build_model(cfg, len(corpus.vocab))
-            except ValueError as e:  # flags the model cannot be built with
-                raise RunError(str(e)) from None
-        if os.path.exists(run.model):  # a resumed run: its saved architecture must be this one
-            saved = load_config(run.model)["config"].get("vocab_size")
-            if saved is not None and saved != len(corpus.vocab):
-                raise RunError(f"{run.vocab} has {len(corpus.vocab)} words but {run.model} a "
-                               f"vocabulary of {saved}: one of them is damaged or from another "
-                               f"run; restore the run folder from a copy")
-            check_saved_config(model, run.model)
-        super().__init__(LanguageModelTask(cfg, corpus, model, init_from is not None,
-                                           dist.strategy),
-                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
-                                    cfg.time_budget_min, cfg.log_every, cfg.checkpoint_every,
-                                    checkpoint_minutes=cfg.checkpoint_every_min,
-                                    profile=cfg.profile_range(), precision=cfg.precision),
-                         distribution=dist)
-        if not os.path.exists(run.model):  # the architecture, with the weights
-            save_config(model, run.model)
-        self.corpus, self.model = corpus, model
-        if self.resumed:
-            logging.info("Resumed at epoch %d, window %d, step %d", int(self.state.epoch),
-                         int(self.state.batch), int(self.state.step))
-        if init_from and not self.manager.latest_checkpoint:
-            self._start_finetuning(init_from)
-
-    def _start_finetuning(self, init_from):
-        """Loads the trained weights, restarts averaging, and scores them as the best so far,
+    def started(self, run):
+        """Fine-tuning's start (a run with `init_from` and no checkpoint of its own yet): the
+        trained weights loaded, averaging restarted, and their score kept as the best so far,
         so fine-tuning only ever replaces them with better ones."""
-        self.best.checkpoint.restore(init_from).assert_consumed()
-        self.task.optimizer.switch_to_averaging()
-        result = self.validation()
-        self.state.best_score.assign(result["score"])
-        self.best.save(checkpoint_number=0)
-        self.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
-                             "val_ppl": result["ppl"], "lr": float(self.task.lm.lr),
-                             "averaged": True, "initial": True, "score": result["score"],
-                             "event": f"loaded {init_from}"})
-        print(f"| fine-tuning {init_from} | valid ppl {result['ppl']:.2f}", flush=True)
+        if not self.init_from or run.manager.latest_checkpoint:
+            return
+        run.best.checkpoint.restore(self.init_from).assert_consumed()
+        self.optimizer.switch_to_averaging()
+        result = run.validation()
+        run.state.best_score.assign(result["score"])
+        run.best.save(checkpoint_number=0)
+        run.history.append({"step": 0, "epoch": 0, "val_loss": result["nll"],
+                            "val_ppl": result["ppl"], "lr": float(self.lm.lr),
+                            "averaged": True, "initial": True, "score": result["score"],
+                            "event": f"loaded {self.init_from}"})
+        print(f"| fine-tuning {self.init_from} | valid ppl {result['ppl']:.2f}", flush=True)
 
-    def train(self) -> str:
-        """Trains until an epoch, step or time bound; returns why it stopped."""
-        return self.run()
-
-    def evaluate_best(self) -> dict:
+    def final_evaluation(self, run) -> dict:
         """Validation and test metrics of the best weights (the last ones if never validated)."""
-        weights = self.restore_best()
-        return {"weights": weights, **split_metrics(self.task.evaluator, self.corpus, self.cfg,
+        weights = run.restore_best()
+        return {"weights": weights, **split_metrics(self.evaluator, self.corpus, self.cfg,
                                                     test=self.cfg.final_test)}
+
+    def report(self, run, metrics):
+        cfg = self.cfg
+        plot = reporting.plot_loss_curve(run.history, RunDir(cfg.model_dir).loss_curve,
+                                         f"{cfg.model} on {cfg.dataset}")
+        extra = {"vocab_size": len(self.corpus.vocab), "loss_curve": os.path.basename(plot),
+                 "history": os.path.basename(RunDir(cfg.model_dir).history)}
+        if cfg.softmax == "adaptive":  # as resolved from `auto`, or as given
+            extra["adaptive_cutoffs"] = cfg.adaptive_cutoffs
+        # flags as given, with the precision it trained in (a resumed run keeps its own)
+        recorded = dataclasses.replace(self.given_cfg, model_dir=cfg.model_dir)
+        test = (f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics
+                else "test not scored")
+        return recorded, extra, (f"({metrics['weights']} weights)",
+                                 f"valid ppl {metrics['val_ppl']:.2f}", test)
+
+
+def open_run(cfg, corpus: Corpus | None = None, init_from: str | None = None,
+             distribution: distribute.Distribution | None = None) -> Loop:
+    """The language-model run of `cfg.model_dir`, new or resumed, ready to `run()`."""
+    return driver.start(LanguageModelTask, cfg, distribution, corpus=corpus,
+                        init_from=init_from)
 
 
 def train(cfg, corpus: Corpus | None = None,
           distribution: distribute.Distribution | None = None) -> dict:
     """Trains (or resumes), evaluates the best weights, writes results.json and the plot."""
-    return _run(cfg, corpus, distribution=distribution)
+    return driver.train(LanguageModelTask, cfg, distribution, corpus=corpus)
 
 
 def finetune(cfg, corpus: Corpus | None = None,
@@ -406,48 +343,10 @@ def finetune(cfg, corpus: Corpus | None = None,
     parent = latest_checkpoint(run.best)
     if not parent:
         raise RunError(f"no best weights in --model_dir={cfg.model_dir}; train first")
-    child = dataclasses.replace(cfg, model_dir=run.finetune.path,
-                                optimizer="ntasgd")
-    return _run(child, corpus, init_from=parent, distribution=distribution,
-                vocab_from=run.vocab)
+    child = dataclasses.replace(cfg, model_dir=run.finetune.path, optimizer="ntasgd")
 
-
-def _run(cfg, corpus, init_from=None, distribution=None, vocab_from=None) -> dict:
-    """Only the chief writes `cfg.model_dir`; other workers train in a scratch copy."""
-    dist = distribution or distribute.local()
-    with dist.run_folder(cfg.model_dir) as folder:
-        cfg = dataclasses.replace(cfg, model_dir=folder)
-        os.makedirs(folder, exist_ok=True)
-        if vocab_from and os.path.exists(vocab_from) and not os.path.exists(RunDir(folder).vocab):
-            shutil.copy(vocab_from, RunDir(folder).vocab)
-        with ModelDirLock(folder):  # one trainer per run folder
-            return _run_locked(cfg, corpus, init_from, dist)
-
-
-def _run_locked(cfg, corpus, init_from, dist) -> dict:
-    start = time.perf_counter()
-    trainer = Trainer(cfg, corpus, init_from, dist)
-    reporting.record_command(cfg.model_dir)
-    stopped = trainer.train()
-    if not dist.is_chief:  # the chief evaluates and reports
-        return {"worker": dist.worker, "stopped": stopped, **trainer.summary()}
-    metrics = trainer.evaluate_best()
-    plot = reporting.plot_loss_curve(trainer.history, RunDir(cfg.model_dir).loss_curve,
-                                     f"{cfg.model} on {cfg.dataset}")
-    metrics.update({
-        "stopped": stopped, **trainer.summary(),
-        "wall_seconds_this_run": time.perf_counter() - start,
-        "vocab_size": len(trainer.corpus.vocab), "loss_curve": os.path.basename(plot),
-        "history": os.path.basename(RunDir(cfg.model_dir).history),
-        "distribute": dist.describe(),
-    })
-    if cfg.softmax == "adaptive":  # as resolved from `auto`, or as given
-        metrics["adaptive_cutoffs"] = trainer.cfg.adaptive_cutoffs
-    # the precision it trained in (a resumed run keeps its own: keep_run_precision)
-    cfg = dataclasses.replace(cfg, precision=trainer.cfg.precision)
-    path = reporting.write_results(cfg.model_dir, cfg, metrics)
-    test = f"test ppl {metrics['test_ppl']:.2f}" if "test_ppl" in metrics else "test not scored"
-    print(f"| final ({metrics['weights']} weights) | valid ppl {metrics['val_ppl']:.2f} | "
-          f"{test} | {path}", flush=True)
-    return metrics
-
+    def copy_vocab(folder):
+        if os.path.exists(run.vocab) and not os.path.exists(RunDir(folder).vocab):
+            shutil.copy(run.vocab, RunDir(folder).vocab)
+    return driver.train(LanguageModelTask, child, distribution, prepare_folder=copy_vocab,
+                        corpus=corpus, init_from=parent)

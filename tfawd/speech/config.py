@@ -1,40 +1,29 @@
-"""Flags of the speech recogniser (`--model=las`), generated from one dataclass like `config`.
-
-Run-level flags (dataset, data_dir, model_dir, batch_size, lr, clip, seed, max_epochs,
-max_steps, time_budget_min, log_every, beam_size, export_dir, export_name) are shared with the
-language model's and defined there; this module adds the speech-only ones.
+"""Flags of the speech recogniser (`--model=las`), generated from one dataclass like
+`tfawd.lm.config`: the run-level flags (`tfawd.core.flags.RunFlags`) with this family's
+defaults, then the speech-only ones.
 """
 import dataclasses
 
 from absl import flags
 
 from pipelines.corpus_files import default_data_dir
-from tfawd.core.flags import SPEECH_DATASETS, define_fields
+from tfawd.core.flags import RunFlags, config_from_flags, define_fields, family_default
 from tfawd.core.flags import field as _f
 
-SHARED = ("model", "dataset", "data_dir", "model_dir", "batch_size", "lr", "clip", "seed",
-          "max_epochs", "max_steps", "time_budget_min", "log_every", "beam_size", "export_dir",
-          "export_name")
+DATASETS = ("spoken_digits", "espeak", "manifest", "npy", "an4")  # --dataset for --model=las
 
 
 @dataclasses.dataclass
-class SpeechConfig:
-    # Shared with LMConfig (defaults here only for library use)
-    model: str = "las"
-    dataset: str = "spoken_digits"
-    data_dir: str = None
-    model_dir: str = "runs/las_digits"
-    batch_size: int = 32
-    lr: float = 1e-3
-    clip: float = 5.0
-    seed: int = 0
-    max_epochs: int = 40
-    max_steps: int = 0
-    time_budget_min: float = 0.0
-    log_every: int = 50
-    beam_size: int = 4
-    export_dir: str = "saved_models"
-    export_name: str = ""
+class SpeechConfig(RunFlags):
+    """The recogniser's run (`RunFlags`, with its defaults) and its own flags."""
+    model: str = family_default("model", "las")
+    dataset: str = family_default("dataset", "spoken_digits")
+    model_dir: str = family_default("model_dir", "runs/las_digits")
+    batch_size: int = family_default("batch_size", 32)
+    lr: float = family_default("lr", 1e-3)
+    clip: float = family_default("clip", 5.0)
+    seed: int = family_default("seed", 0)
+    checkpoint_every: int = family_default("checkpoint_every", 0)
     # Speech data
     train_utterances: int = _f(4000, "spoken_digits/espeak: training utterances to build.")
     eval_utterances: int = _f(300, "spoken_digits: utterances per validation/test split.")
@@ -91,20 +80,14 @@ class SpeechConfig:
                                          "cannot run to --max_decode_len on a short utterance)."
                                          " 0: off. Spoken digits and eSpeak reach at most "
                                          "about 0.27 per 10 ms frame.")
-    # Flags given on the command line or in a flagfile; a trained run's own architecture is
-    # checked against those only (`inference.trained_model_flags`); None (a config built in
-    # code): every field counts as given.
-    explicit: tuple | None = dataclasses.field(default=None, metadata={"flag": False})
 
 
-SPEECH_ONLY = [f for f in dataclasses.fields(SpeechConfig) if f.name not in SHARED]
 PROBABILITIES = ("teacher_forcing", "teacher_forcing_final", "label_smoothing")
 
 
 def define_flags(fv=flags.FLAGS):
-    """Defines the speech-only flags (after `tfawd.lm.config.define_flags`, which defines
-    the shared ones)."""
-    define_fields(SPEECH_ONLY, fv)
+    """Defines the speech-only flags (the run-level ones: `tfawd.core.flags.define_run_flags`)."""
+    define_fields(dataclasses.fields(SpeechConfig), fv)
     for name in ("train_utterances", "eval_utterances", "max_digits", "listener_units",
                  "speller_units", "attention_dim", "char_embed_dim", "max_decode_len",
                  "teacher_forcing_epochs", "frame_stack"):
@@ -125,18 +108,10 @@ def define_flags(fv=flags.FLAGS):
                              "--ema_decay must be in [0, 1)", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,
                              "--guided_attention_width must be positive", flag_values=fv)
-    flags.register_multi_flags_validator(
-        ["model", "dataset"],
-        lambda d: (d["model"] == "las") == (d["dataset"] in SPEECH_DATASETS),
-        f"--model=las goes with --dataset in {SPEECH_DATASETS}, the language models with "
-        f"the text corpora", flag_values=fv)
 
 
 def from_flags(fv=flags.FLAGS) -> SpeechConfig:
-    names = [f.name for f in dataclasses.fields(SpeechConfig)
-             if f.metadata.get("flag") is not False]
-    cfg = SpeechConfig(**{n: fv[n].value for n in names},
-                       explicit=tuple(sorted(n for n in names if fv[n].present)))
+    cfg = config_from_flags(SpeechConfig, fv)
     if cfg.data_dir is None:
         cfg.data_dir = default_data_dir()
     return cfg

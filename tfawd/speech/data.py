@@ -34,6 +34,10 @@ def sources(cfg) -> tuple:
             speech_sources.read_manifest(paths[0])[0][0]))[1])
         return ({s: speech_sources.manifest_dataset(p)
                  for s, p in zip(("train", "valid", "test"), paths)}, rate)
+    if cfg.dataset == "an4":  # precomputed features (40 log-mels from the cepstra), no audio
+        from pipelines import an4
+        return ({s: an4.dataset(cfg.data_dir, s, features="logmel", seed=cfg.seed)
+                 for s in an4.SPLITS}, 0)
     if cfg.dataset == "npy":
         return ({"train": speech_sources.npy_dataset(cfg.npy_prefix, "train"),
                  "valid": speech_sources.npy_dataset(cfg.npy_prefix, "dev")}, 0)

@@ -12,6 +12,7 @@ from tfawd.core import files
 from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.checkpoints import load_config, restore_weights, weights_checkpoint
 from tfawd.core.run_dir import RunDir
+from tfawd.core.run_flags import check_architecture
 from tfawd.core.run_guard import RunError
 from tfawd.speech.las import ListenAttendSpell
 
@@ -75,12 +76,7 @@ def trained_model_flags(cfg):
     values = _saved_model_flags(cfg)
     if values is None:
         return cfg
-    given = values if cfg.explicit is None else cfg.explicit
-    conflicts = [f"--{k}={v} (now {getattr(cfg, k)})" for k, v in values.items()
-                 if k in given and getattr(cfg, k) != v]
-    if conflicts:
-        raise RunError(f"--model_dir={cfg.model_dir} was trained with {', '.join(conflicts)}; "
-                       f"drop those flags (the run's own are read from its model.json)")
+    check_architecture(cfg, cfg.model_dir, values)
     return dataclasses.replace(cfg, **values)
 
 

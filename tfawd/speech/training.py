@@ -14,21 +14,15 @@ the run writes results.json (CER/WER per split, diagonality), attention PNGs and
 attention.npy for the first 10 validation utterances, and a training-curve PNG.
 """
 import contextlib
-import dataclasses
-import os
-import time
 
-import keras
 import tensorflow as tf
-from absl import logging
 
 from pipelines import speech_features
 from pipelines.speech_features import CharVocab
-from tfawd.core import distribute, reporting
-from tfawd.core.checkpoints import check_saved_config, save_config
-from tfawd.core.loop import Loop, LoopConfig, Task
+from tfawd.core import distribute, driver
+from tfawd.core.driver import TrainingTask
+from tfawd.core.loop import Loop
 from tfawd.core.run_dir import RunDir
-from tfawd.core.run_guard import ModelDirLock
 from tfawd.nn.optimizers import Adam
 from tfawd.speech import evaluation as speech_eval
 from tfawd.speech.data import featurized
@@ -100,16 +94,21 @@ def make_train_step(model, optimizer, cfg, strategy=None):
     return step
 
 
-class SpeechTask(Task):
-    """The recogniser for the loop: shuffled (optionally SpecAugmented) batches per epoch,
-    teacher-forced steps at the epoch's teacher-forcing rate and learning rate, and greedy
-    decoding of the validation split scored by CER (the best is the lowest)."""
+class SpeechTask(TrainingTask):
+    """The recogniser for the run driver: featurized data, the model and Adam, shuffled
+    (optionally SpecAugmented) batches per epoch, teacher-forced steps at the epoch's
+    teacher-forcing rate and learning rate, greedy decoding of the validation split scored by
+    CER (the best is the lowest), and every evaluation split decoded at the end."""
 
     unit = "frames"
 
-    def __init__(self, cfg, vocab, data, model, strategy=None):
-        self.cfg, self.vocab, self.data, self.model = cfg, vocab, data, model
-        with (strategy or tf.distribute.get_strategy()).scope():  # slots as the weights
+    def __init__(self, cfg, distribution: distribute.Distribution):
+        self.cfg, self.vocab = cfg, CharVocab()
+        self.data, self.sample_rate = featurized(cfg, self.vocab)
+        with distribution.scope():  # the weights mirrored over the replicas
+            self.model = model = build_las(cfg, self.vocab)
+        strategy = distribution.strategy
+        with strategy.scope():  # slots as the weights
             self.optimizer = Adam(cfg.lr, global_clipnorm=cfg.clip or None,
                                   use_ema=cfg.ema_decay > 0, ema_momentum=cfg.ema_decay or 0.99)
             self.optimizer.build(model.trainable_variables)
@@ -184,70 +183,27 @@ class SpeechTask(Task):
                 v.assign(value)
 
 
-class SpeechTrainer(Loop):
-    """The loop of one recogniser `model_dir`: data, model, task, checkpoints, logs."""
-
-    def __init__(self, cfg, distribution: distribute.Distribution | None = None):
-        self.cfg, self.vocab = cfg, CharVocab()
-        dist = distribution or distribute.local()
-        dist.check_batch(cfg.batch_size)
-        keras.utils.set_random_seed(cfg.seed)
-        self.data, self.sample_rate = featurized(cfg, self.vocab)
-        with dist.scope():  # the weights mirrored over the replicas
-            self.model = build_las(cfg, self.vocab)
-        super().__init__(SpeechTask(cfg, self.vocab, self.data, self.model, dist.strategy),
-                         LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps,
-                                    cfg.time_budget_min, cfg.log_every),
-                         distribution=dist)
-        os.makedirs(cfg.model_dir, exist_ok=True)
-        if not os.path.exists(RunDir(cfg.model_dir).model):  # the architecture, with the weights
-            save_config(self.model, RunDir(cfg.model_dir).model)
-        else:
-            check_saved_config(self.model, RunDir(cfg.model_dir).model)
-        if self.resumed:
-            logging.info("Resumed at epoch %d, batch %d", int(self.state.epoch),
-                         int(self.state.batch))
-
-    def train(self) -> str:
-        """Trains until an epoch, step or time bound; returns why it stopped."""
-        return self.run()
-
-    def averaged_weights(self):
-        return self.task.averaged_weights()
-
-    def evaluate_best(self) -> dict:
+    def final_evaluation(self, run) -> dict:
         """Every evaluation split with the best weights (`evaluation.evaluate_splits`)."""
-        if self.restore_best() != "best":
-            raise RuntimeError(f"no trained weights in {self.cfg.model_dir}/best: train first")
-        return evaluate_splits(self.model, self.vocab, self.data, self.cfg, self.task.greedy)
+        if not run.best.latest_checkpoint:  # stopped before its first validation
+            run.best.save()
+        run.restore_best()
+        return evaluate_splits(self.model, self.vocab, self.data, self.cfg, self.greedy)
+
+    def report(self, run, metrics):
+        cfg = self.cfg
+        speech_eval.plot_history(run.history, RunDir(cfg.model_dir).loss_curve,
+                                 f"LAS on {cfg.dataset}")
+        return (cfg, {"sample_rate": self.sample_rate},
+                (f"valid CER {metrics['valid_greedy']['cer']:.4f}",))
+
+
+def open_run(cfg, distribution: distribute.Distribution | None = None) -> Loop:
+    """The recogniser run of `cfg.model_dir`, new or resumed, ready to `run()`."""
+    return driver.start(SpeechTask, cfg, distribution)
 
 
 def train(cfg, distribution: distribute.Distribution | None = None) -> dict:
-    """Trains (or resumes), evaluates the best weights, writes results.json and the plots.
-    Only the chief writes `cfg.model_dir`; other workers train in a scratch copy."""
-    dist = distribution or distribute.local()
-    with dist.run_folder(cfg.model_dir) as folder:
-        cfg = dataclasses.replace(cfg, model_dir=folder)
-        with ModelDirLock(folder):  # one trainer per run folder
-            return _train_locked(cfg, dist)
-
-
-def _train_locked(cfg, dist) -> dict:
-    start = time.perf_counter()
-    trainer = SpeechTrainer(cfg, dist)
-    reporting.record_command(cfg.model_dir)
-    stopped = trainer.train()
-    if not dist.is_chief:  # the chief evaluates and reports
-        return {"worker": dist.worker, "stopped": stopped, **trainer.summary()}
-    if not trainer.best.latest_checkpoint:  # stopped before its first validation
-        trainer.best.save()
-    metrics = trainer.evaluate_best()
-    metrics.update(stopped=stopped, **trainer.summary(),
-                   wall_seconds_this_run=round(time.perf_counter() - start, 1),
-                   sample_rate=trainer.sample_rate,
-                   distribute=dist.describe())
-    speech_eval.plot_history(trainer.history, RunDir(cfg.model_dir).loss_curve,
-                             f"LAS on {cfg.dataset}")
-    path = reporting.write_results(cfg.model_dir, cfg, metrics)
-    reporting.line("final", f"valid CER {metrics['valid_greedy']['cer']:.4f}", path)
-    return metrics
+    """Trains (or resumes), evaluates the best weights, writes results.json and the plots
+    (`tfawd.core.driver.train`)."""
+    return driver.train(SpeechTask, cfg, distribution)
