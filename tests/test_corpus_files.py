@@ -2,7 +2,6 @@
 import dataclasses
 import functools
 import http.server
-import shutil
 import threading
 import time
 import zipfile
@@ -10,7 +9,7 @@ import zipfile
 import pytest
 
 from pipelines import corpus_files
-from pipelines.corpus_files import CORPORA, DataError
+from pipelines.corpus_files import CORPORA, SPLITS, DataError
 
 
 def test_real_files_verify(data_dir):
@@ -18,14 +17,29 @@ def test_real_files_verify(data_dir):
     assert sorted(paths) == ["test", "train", "valid"]
 
 
-def test_corrupted_file_is_refused_with_expected_and_actual_hash(data_dir, tmp_path):
-    folder = tmp_path / "wikitext-2"
-    shutil.copytree(f"{data_dir}/wikitext-2", folder)
-    valid = folder / "wiki.valid.tokens"
-    valid.chmod(0o644)
+@pytest.fixture
+def tiny_wikitext(tmp_path, monkeypatch):
+    """A WikiText-2-shaped folder of three tiny token files, with CORPORA's wikitext2 entry
+    expecting their hashes: the checks need files of that layout, not the real ones."""
+    folder = tmp_path / "data" / "wikitext-2"
+    folder.mkdir(parents=True)
+    sha256 = {}
+    for split in SPLITS:
+        path = folder / f"wiki.{split}.tokens"
+        path.write_text(f" \n = Tiny {split} = \n \n the {split} split , with the word the \n")
+        sha256[split] = corpus_files.sha256_of(path)
+    monkeypatch.setitem(CORPORA, "wikitext2",
+                        dataclasses.replace(CORPORA["wikitext2"], sha256=sha256))
+    return folder
+
+
+def test_corrupted_file_is_refused_with_expected_and_actual_hash(tiny_wikitext):
+    data_dir = str(tiny_wikitext.parent)
+    assert sorted(corpus_files.corpus_files("wikitext2", data_dir)) == sorted(SPLITS)
+    valid = tiny_wikitext / "wiki.valid.tokens"
     valid.write_bytes(valid.read_bytes().replace(b"the", b"teh", 1))
     with pytest.raises(DataError) as e:
-        corpus_files.corpus_files("wikitext2", str(tmp_path))
+        corpus_files.corpus_files("wikitext2", data_dir)
     msg = str(e.value)
     assert CORPORA["wikitext2"].sha256["valid"] in msg
     assert corpus_files.sha256_of(valid) in msg
@@ -59,13 +73,14 @@ def test_unknown_dataset_is_named():
         corpus_files.corpus_files("wt3", "/nonexistent")
 
 
-def test_missing_files_are_downloaded_extracted_and_verified(data_dir, tmp_path, monkeypatch):
+def test_missing_files_are_downloaded_extracted_and_verified(tiny_wikitext, tmp_path,
+                                                             monkeypatch):
     """The official archive's layout, served from loopback, ends up verified in --data_dir."""
     served = tmp_path / "served"
     served.mkdir()
     with zipfile.ZipFile(served / "wikitext-2-v1.zip", "w") as z:
         for split in ("train", "valid", "test"):
-            z.write(f"{data_dir}/wikitext-2/wiki.{split}.tokens", f"wikitext-2/wiki.{split}.tokens")
+            z.write(tiny_wikitext / f"wiki.{split}.tokens", f"wikitext-2/wiki.{split}.tokens")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -79,3 +94,6 @@ def test_missing_files_are_downloaded_extracted_and_verified(data_dir, tmp_path,
         server.shutdown()
     assert paths["train"] == str(tmp_path / "cache" / "wikitext-2" / "wiki.train.tokens")
     assert corpus_files.sha256_of(paths["test"]) == CORPORA["wikitext2"].sha256["test"]
+    for split in SPLITS:  # each split's member went to its own file
+        assert open(paths[split], "rb").read() == (tiny_wikitext / f"wiki.{split}.tokens"
+                                                   ).read_bytes()

@@ -320,8 +320,10 @@ def test_predict_and_generate_modes_write_their_files_and_record_the_nll(run, tm
 def test_load_gives_python_callers_the_trained_model(run):
     from tfawd import lm
     api = lm.load(run.cfg.model_dir)  # no flags: the architecture comes from model.json
-    for a, b in zip(api.model.weights, run.model.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert len(api.model.weights) == len(run.model.weights) > 0  # no weight left out
+    for a, b in zip(api.model.weights, run.model.weights, strict=True):
+        assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]  # the model's name aside
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     prompt = " ".join(run.vocab.words[:3])
     assert api.generate([prompt], num_tokens=4)[0]["tokens"] == inference.generate_text(
         run.model, run.vocab, [prompt], 4)[0]["tokens"]

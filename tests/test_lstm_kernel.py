@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfawd.nn import fusion
-from tfawd.nn.lstm_kernel import lstm_recurrence
+from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step
 
 
 def plain_lstm(z_in, h0, c0, recurrent):
@@ -76,13 +76,31 @@ def test_bfloat16_matmuls_keep_a_float32_state_close_to_the_float32_result():
     np.testing.assert_allclose(c16, c32, atol=0.05)
     np.testing.assert_allclose(tf.cast(hs16, tf.float32), hs32, atol=0.03)
     assert np.abs(c16 - c32).mean() < 0.01
+    np.testing.assert_array_equal(h16, tf.cast(hs16[-1], tf.float32))  # h_T: the last output
+    np.testing.assert_allclose(h16, h32, atol=0.03)
+    # the cell state is not rounded to bfloat16 at any step: it keeps float32's bits
+    as_bf16 = tf.cast(tf.cast(c16, tf.bfloat16), tf.float32)
+    assert np.mean(as_bf16.numpy() != c16.numpy()) > 0.9
 
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_short_windows(steps):
-    z, h0, c0, u = inputs(steps=steps)
-    w = [tf.ones([steps, 3, 5]), tf.ones([3, 5]), tf.ones([3, 5])]
+    """Windows of one and two steps (the loops run once or twice): outputs, h_T, c_T and all
+    four gradients equal the plain loop's; the outputs are the first steps of a 6-step
+    window's from the same state; a one-step window is one `lstm_step` (what generation runs)."""
+    z6, h0, c0, u = inputs(steps=6)
+    z = z6[:steps]
+    rng = np.random.default_rng(2)
+    w = [tf.constant(rng.normal(size=s), tf.float32) for s in ([steps, 3, 5], [3, 5], [3, 5])]
     want_out, want_grads = loss_and_grads(plain_lstm, z, h0, c0, u, w)
     got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, w)
-    for got, want in zip(tuple(got_grads), tuple(want_grads)):
+    assert got_out[0].shape == (steps, 3, 5)
+    for got, want in zip(got_out + tuple(got_grads), want_out + tuple(want_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got_out[0][-1], got_out[1])  # h_T is the last output
+    longer, _, _ = lstm_recurrence(z6, h0, c0, u)
+    np.testing.assert_allclose(got_out[0], longer[:steps], rtol=1e-6, atol=1e-7)
+    if steps == 1:
+        h, c = lstm_step(z[0], h0, c0, u)
+        np.testing.assert_allclose(h, got_out[1], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(c, got_out[2], rtol=1e-6, atol=1e-7)

@@ -1,6 +1,9 @@
 """The machine-dependent choices: oneDNN on x86 unless the user chose, --precision=auto by the
 hardware's bf16 units, and the record of both."""
+import io
 import os
+import pathlib
+import platform
 import subprocess
 import sys
 
@@ -39,9 +42,11 @@ def test_main_records_oneDNN_as_tensorflow_runs_it(user):
     import json
     onednn = json.loads(out)
     if user == "0":
-        assert onednn["decided_by"] == "user" and onednn["enabled"] is False
+        assert onednn == {"enabled": False, "decided_by": "user", runtime.ONEDNN_VAR: "0"}
     elif runtime.is_x86():
-        assert onednn["decided_by"] == "tfawd" and onednn["enabled"] is True
+        assert onednn == {"enabled": True, "decided_by": "tfawd", runtime.ONEDNN_VAR: "1"}
+    else:  # ARM and the rest: left to TensorFlow, which decides per CPU
+        assert onednn["decided_by"] == "tensorflow" and onednn[runtime.ONEDNN_VAR] is None
 
 
 @pytest.mark.parametrize("flags, gpus, expected", [
@@ -64,15 +69,109 @@ def test_an_explicit_precision_is_kept_and_a_bad_one_named():
         runtime.resolve_precision("float16")
 
 
+def _flags_in_proc_cpuinfo(text=None) -> set:
+    """The CPU's feature flags read here, without runtime.py: x86's "flags" line, ARM's
+    "Features" (none where /proc/cpuinfo does not exist)."""
+    if text is None:
+        try:
+            text = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
 def test_build_model_resolves_auto_for_this_machine():
+    """The module doc's rule applied to what /proc/cpuinfo and TensorFlow say about this
+    machine: bf16 units (AMX, AVX512_BF16) -> mixed_bfloat16, none -> float32; GPUs decide
+    when there are some (all of compute capability >= 8 -> mixed_bfloat16)."""
+    import tensorflow as tf
+    gpus = [tuple(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)))
+            for g in tf.config.list_physical_devices("GPU")]
+    if gpus:
+        expected = "mixed_bfloat16" if min(gpus) >= (8, 0) else "float32"
+    else:
+        expected = ("mixed_bfloat16" if _flags_in_proc_cpuinfo() & {"amx_bf16", "avx512_bf16"}
+                    else "float32")
     model = build_model(LMConfig(emsize=8, nhid=8, precision="auto"), 20)
-    assert model.dtype_policy.name == runtime.resolve_precision("auto")
+    assert model.dtype_policy.name == expected
+    assert model.rnns[0].compute_dtype == ("bfloat16" if expected != "float32" else "float32")
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma", "avx512f"}, "float32"),
+                                             ({"avx2", "amx_bf16", "amx_tile"}, "mixed_bfloat16")])
+def test_build_model_takes_auto_from_the_cpu_flags(monkeypatch, flags, expected):
+    """build_model resolves `auto` from the flags the machine reports (not a fixed policy)."""
+    monkeypatch.setattr(runtime, "gpu_compute_capabilities", lambda: [])
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
+    model = build_model(LMConfig(emsize=8, nhid=8, precision="auto"), 20)
+    assert model.dtype_policy.name == expected
+    assert build_model(LMConfig(emsize=8, nhid=8, precision="float32"), 20).dtype_policy.name \
+        == "float32"  # an explicit choice is kept whatever the flags
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd aes pmull sha1 sha2 crc32 atomics asimddp sve svebf16 i8mm bf16
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize("arch, cpuinfo, decided, variable, isa, bf16_units, precision", [
+    ("x86_64", X86_CPUINFO, "tfawd", "1",
+     ["amx_bf16", "amx_tile", "avx2", "avx512_bf16", "avx512f", "fma"],
+     ["amx_bf16", "avx512_bf16"], "mixed_bfloat16"),
+    # ARM: TensorFlow keeps its own oneDNN choice; its bf16 is not one of the x86 units the
+    # rule names ("float32 elsewhere"), and none of the x86 features is claimed
+    ("aarch64", ARM_CPUINFO, "tensorflow", None, [], [], "float32"),
+])
+def test_each_platform_is_configured_and_recorded_by_the_rule(monkeypatch, arch, cpuinfo,
+                                                              decided, variable, isa,
+                                                              bf16_units, precision):
+    """What configure_onednn, machine() and resolve_precision do on another platform, by
+    giving runtime.py that platform's `platform.machine()` and /proc/cpuinfo."""
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            return io.StringIO(cpuinfo)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.platform, "machine", lambda: arch)
+    monkeypatch.setattr(runtime, "open", fake_open, raising=False)
+    monkeypatch.setattr(runtime, "_onednn_choice", None)  # restored after the test
+    monkeypatch.delenv(runtime.ONEDNN_VAR, raising=False)
+    assert runtime.is_x86() == (arch == "x86_64")
+    assert runtime.cpu_flags() == _flags_in_proc_cpuinfo(cpuinfo) != set()
+    assert runtime.configure_onednn() == decided
+    assert os.environ.get(runtime.ONEDNN_VAR) == variable
+    info = runtime.machine()
+    assert info["arch"] == arch and info["isa"] == isa and info["bf16_units"] == bf16_units
+    assert info["onednn"] == {"enabled": runtime.onednn_enabled(), "decided_by": decided,
+                              runtime.ONEDNN_VAR: variable}
+    assert runtime.resolve_precision("auto", gpus=[]) == precision
+    if arch == "x86_64":
+        assert info["cpu"] == "Intel(R) Xeon(R) Platinum 8480+"
 
 
 def test_machine_names_the_cpu_features_that_decide_speed():
     info = runtime.machine()
     assert {"cpu", "cores", "isa", "bf16_units", "onednn"} <= set(info)
     assert set(info["bf16_units"]) <= set(runtime.BF16_UNITS)
+    # what /proc/cpuinfo says, read here
+    flags = _flags_in_proc_cpuinfo()
+    assert info["isa"] == sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16",
+                                          "amx_tile"})
+    assert info["bf16_units"] == sorted(flags & {"amx_bf16", "avx512_bf16"})
+    assert info["cores"] == os.cpu_count() and info["arch"] == platform.machine()
     # oneDNN: what TensorFlow reports, and on x86 (where configure_onednn sets the variable
     # when the user did not) on exactly when the variable says so
     assert info["onednn"]["enabled"] is runtime.onednn_enabled()
