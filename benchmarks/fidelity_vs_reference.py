@@ -1,6 +1,6 @@
 """Learning-curve fidelity: tfawd's AWD-LSTM training step against the PyTorch reference.
 
-Runs the first `--steps` training steps of tfawd (the Trainer that `main.py` uses, real
+Runs the first `--steps` training steps of tfawd (the run driver that `main.py` uses, real
 WikiText-2 stream) and of ../shared/bench/torch_awd_reference.py with the same sizes and
 hyper-parameters, then compares their mean training loss over matching step ranges. The two
 use different random streams (initial weights, masks, window lengths), so the curves agree
@@ -50,7 +50,7 @@ def run_tfawd(data_dir):
                        max_steps=FLAGS.steps, log_every=1, checkpoint_every=10 ** 9,
                        model_dir=model_dir, data_dir=data_dir, **PAPER)
         trainer = open_run(cfg)
-        _, (seconds,) = common.timed(trainer.train)
+        _, (seconds,) = common.timed(trainer.run)
     losses = [h["train_loss"] for h in trainer.history if "train_loss" in h]
     return losses, seconds, dataclasses.asdict(cfg)
 
