@@ -44,3 +44,15 @@ def test_every_results_file_the_readme_names_exists():
     assert named, "the README names no results file"
     missing = sorted(p for p in named if not (REPO / p).exists())
     assert not missing, f"README.md names missing results: {missing}"
+
+
+def test_commands_in_the_documents_run_as_written_on_any_clone():
+    """No run folder of the machine that made a result (/root/...) in a shown command."""
+    from tfawd.core.readme_tables import as_typed_here
+    assert as_typed_here("main.py --model_dir=/root/tfawd-runs/x/finetune --mode=evaluate") == (
+        "python main.py --model_dir=runs/x/finetune --mode=evaluate")
+    assert as_typed_here("main.py --model_dir=/data/exp/y/") == "python main.py --model_dir=runs/y"
+    assert as_typed_here("main.py --model_dir=runs/z") == "python main.py --model_dir=runs/z"
+    for document in ("README.md", "BUILD.md"):
+        text = (REPO / document).read_text(encoding="utf-8")
+        assert "/root/" not in text, f"{document} shows a /root path"

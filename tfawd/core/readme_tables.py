@@ -12,6 +12,7 @@ figures of the seeds and papers are listed apart and labelled as theirs.
 import glob
 import json
 import os
+import re
 import sys
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
@@ -45,10 +46,24 @@ def _pair(section) -> str:
     return f"{section['valid']['ppl']:.2f} / {section['test']['ppl']:.2f}"
 
 
+RUNS_FOLDER = re.compile(r"--model_dir=/\S*?/(?:tfawd-)?runs/(\S+?)/?(?=\s|$)")
+ABSOLUTE_RUN_DIR = re.compile(r"--model_dir=/\S*/([^/\s]+)/?(?=\s|$)")
+
+
+def as_typed_here(command: str) -> str:
+    """`python main.py ...` with a run folder given as an absolute path on the machine that
+    ran it (/root/tfawd-runs/x, /home/u/runs/x/finetune) shown relative (runs/x,
+    runs/x/finetune), so the command runs as written on any clone: where the folder lives
+    does not change the result."""
+    command = command.replace("main.py", "python main.py", 1)
+    command = RUNS_FOLDER.sub(r"--model_dir=runs/\1", command)
+    return ABSOLUTE_RUN_DIR.sub(r"--model_dir=runs/\1", command)
+
+
 def shown_command(run: dict) -> str:
-    """The command that produced a run, as typed; with the earlier ones when it was resumed."""
-    commands = [c.replace("main.py", "python main.py", 1)
-                for c in run.get("commands") or [run.get("command", "")]]
+    """The command that produced a run (`as_typed_here`), with the earlier ones when it was
+    resumed."""
+    commands = [as_typed_here(c) for c in run.get("commands") or [run.get("command", "")]]
     return "`, resumed by `".join(commands)
 
 
@@ -82,7 +97,7 @@ def _timed(section: dict) -> str:
     """'`command` (valid N min, test N min)' of an eval_results.json section."""
     minutes = ", ".join(f"{split} {section[split]['seconds'] / 60:.0f} min"
                         for split in ("valid", "test") if "seconds" in section.get(split, {}))
-    command = section["command"].replace("main.py", "python main.py", 1)
+    command = as_typed_here(section["command"])
     return f"`{command}`" + (f" ({minutes})" if minutes else "")
 
 
