@@ -188,11 +188,11 @@ def test_guided_attention_training_moves_attention_to_the_diagonal():
     feats, frames = random_batch(7, frames=(24, 18, 12))
     labels = tf.constant([[3, 4, 5, 6, 2], [5, 6, 7, 2, 0], [7, 3, 2, 0, 0]])
     seed = tf.constant([0, 0])
-    ce, guided = step(feats, frames, labels, 1.0, seed)
+    ce, guided, _ = step(feats, frames, labels, 1.0, seed)
     start = float(guided)
     assert float(ce) > 0 and start > 0
     for _ in range(40):
-        ce, guided = step(feats, frames, labels, 1.0, seed)
+        ce, guided, _ = step(feats, frames, labels, 1.0, seed)
     assert float(guided) < 0.5 * start
 
 
@@ -200,3 +200,46 @@ def test_padding_does_not_change_windowed_attention():
     model = window_model(frame_stack=3, pyramid_layers=1)
     feats, frames = random_batch(frames=(40, 26, 14))
     assert_padding_changes_nothing(model, feats, frames, tf.constant([[3, 4, 5, 6, 7, 2]] * 3))
+
+
+def test_a_ctc_head_exists_only_with_a_ctc_weight_and_round_trips():
+    assert tiny_model().ctc_head is None
+    model = tiny_model(seed=3, ctc_weight=0.4)
+    assert model.ctc_head is not None and model.get_config()["ctc_weight"] == 0.4
+    rebuilt = las.ListenAttendSpell.from_config(model.get_config())
+    assert rebuilt.ctc_weight == 0.4
+    old = {k: v for k, v in tiny_model().get_config().items() if k != "ctc_weight"}
+    assert las.ListenAttendSpell.from_config(old).ctc_head is None  # a run from before CTC
+
+
+def test_the_ctc_step_reports_both_losses_as_their_formulas():
+    """With --ctc_weight the step's cross-entropy is the speller's and its CTC the head's NLL
+    per character of the batch (learning rate 0: the step changes no weight)."""
+    from tfawd.speech.ctc import ctc_loss
+    model = tiny_model(seed=3, ctc_weight=0.4)
+    cfg = SpeechConfig(label_smoothing=0.0, ctc_weight=0.4)
+    step = speech_training.make_train_step(model, keras.optimizers.Adam(0.0), cfg)
+    feats, frames = random_batch(2, frames=(24, 18, 12))
+    labels = tf.constant([[3, 4, 5, 6, 2], [5, 6, 7, 2, 0], [7, 3, 2, 0, 0]])
+    seed = tf.constant([0, 0])
+    ce, _, ctc = step(feats, frames, labels, 1.0, seed)
+    logits, _, ctc_logits, enc = model.teacher_forced(feats, frames, labels, 1.0, seed,
+                                                      training=True, with_ctc=True)
+    chars = float(tf.reduce_sum(tf.cast(labels > 0, tf.float32)))
+    assert float(ce) == pytest.approx(
+        float(speech_training.sequence_loss(logits, labels, 0.0)), rel=1e-5)
+    assert float(ctc) == pytest.approx(
+        float(tf.reduce_sum(ctc_loss(ctc_logits, enc, labels))) / chars, rel=1e-5)
+    assert float(ctc) > 0
+
+
+def test_training_with_a_ctc_weight_lowers_the_ctc_loss():
+    model = tiny_model(seed=4, ctc_weight=0.5)
+    cfg = SpeechConfig(label_smoothing=0.0, ctc_weight=0.5)
+    step = speech_training.make_train_step(model, keras.optimizers.Adam(0.01), cfg)
+    feats, frames = random_batch(5, frames=(24, 18, 12))
+    labels = tf.constant([[3, 4, 5, 6, 2], [5, 6, 7, 2, 0], [7, 3, 2, 0, 0]])
+    _, _, first = step(feats, frames, labels, 1.0, tf.constant([0, 0]))
+    for _ in range(30):
+        _, _, ctc = step(feats, frames, labels, 1.0, tf.constant([0, 0]))
+    assert float(ctc) < 0.5 * float(first)

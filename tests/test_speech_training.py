@@ -124,3 +124,17 @@ def test_load_gives_python_callers_a_recogniser(data_dir, tmp_path):
     assert both == [rec.transcribe([w])[0] for w in wavs] and all(isinstance(t, str) for t in both)
     with pytest.raises(RunError, match=r"--listener_units=16 \(now 32\)"):
         speech.load(str(tmp_path / "run"), listener_units=32)
+
+
+def test_a_joint_ctc_run_logs_its_ctc_loss_and_evaluates_with_its_own_head(data_dir, tmp_path):
+    """--ctc_weight trains a CTC head beside the speller (history: train_ctc); the run's
+    model.json carries it, so evaluating the folder without the flag rebuilds the head and
+    restores its weights."""
+    cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, ctc_weight=0.3)
+    speech_training.train(cfg)
+    history = json.load(open(tmp_path / "run" / "history.json"))
+    assert all(h["train_ctc"] > 0 for h in history if "train_loss" in h)
+    plain = dataclasses.replace(cfg, ctc_weight=0.0, explicit=())
+    assert trained_model_flags(plain).ctc_weight == 0.3
+    scores = speech_evaluation.evaluate(plain)
+    assert 0 <= scores["valid_greedy"]["cer"]

@@ -67,6 +67,9 @@ class SpeechConfig(RunFlags):
                                "average of the weights (Polyak & Juditsky 1992), this much of "
                                "it kept per step (Keras' use_ema); it evens out the swings of "
                                "single epochs' weights. 0: off.")
+    ctc_weight: float = _f(0.0, "LAS: joint CTC-attention training (Watanabe et al. 2017): a CTC "
+                                "head on the listener and the loss w * CTC + (1 - w) * "
+                                "attention cross-entropy, both per character. 0: off.")
     label_smoothing: float = _f(0.1, "LAS: label smoothing of the character targets.")
     guided_attention: float = _f(0.0, "LAS: weight of the guided attention loss (Tachibana et "
                                       "al. 2017, section 4.1): the mean over (label n, encoder "
@@ -104,6 +107,8 @@ def define_flags(fv=flags.FLAGS):
                                  flag_values=fv)
     flags.register_validator("lr_epoch_decay", lambda v: 0 < v <= 1,
                              "--lr_epoch_decay must be in (0, 1]", flag_values=fv)
+    flags.register_validator("ctc_weight", lambda v: 0 <= v < 1,
+                             "--ctc_weight must be in [0, 1)", flag_values=fv)
     flags.register_validator("ema_decay", lambda v: 0 <= v < 1,
                              "--ema_decay must be in [0, 1)", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,

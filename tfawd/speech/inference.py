@@ -23,7 +23,8 @@ def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
     model = ListenAttendSpell(len(vocab), vocab.sos_id, vocab.eos_id, cfg.listener_units,
                               cfg.speller_units, cfg.attention_dim, cfg.char_embed_dim,
                               cfg.pyramid_layers, cfg.frame_stack, cfg.attention_window,
-                              cfg.attention_window_back, cfg.max_chars_per_frame)
+                              cfg.attention_window_back, cfg.max_chars_per_frame,
+                              cfg.ctc_weight)
     model.teacher_forced(tf.zeros([1, 4, speech_features.N_MELS]), tf.constant([4]),
                          tf.constant([[vocab.eos_id]]))
     return model
@@ -50,7 +51,7 @@ MODEL_FLAGS = {"listener_units": "listener_units", "frame_stack": "frame_stack",
                "attention_dim": "attention_dim", "char_embed_dim": "embed_dim",
                "attention_window": "attention_window",
                "attention_window_back": "attention_window_back",
-               "max_chars_per_frame": "max_chars_per_frame"}
+               "max_chars_per_frame": "max_chars_per_frame", "ctc_weight": "ctc_weight"}
 
 
 def _saved_model_flags(cfg) -> dict | None:
@@ -58,12 +59,12 @@ def _saved_model_flags(cfg) -> dict | None:
     than it) the flags in its results.json, a flag the run predates taking its default;
     None when the folder holds no run."""
     run = RunDir(cfg.model_dir)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     if os.path.exists(run.model):
         saved = load_config(run.model)["config"]
-        return {flag: saved[key] for flag, key in MODEL_FLAGS.items()}
+        return {flag: saved.get(key, defaults[flag]) for flag, key in MODEL_FLAGS.items()}
     if os.path.exists(run.results):
         saved = files.read_json(run.results, fix=FIX_RESULTS).get("flags", {})
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
         return {k: saved.get(k, defaults[k]) for k in MODEL_FLAGS}
     return None
 

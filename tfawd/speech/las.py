@@ -179,9 +179,14 @@ class ListenAttendSpell(keras.Model):
 
     def __init__(self, vocab_size, sos_id=1, eos_id=2, listener_units=256, speller_units=256,
                  attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1,
-                 attention_window=0, attention_window_back=3, max_chars_per_frame=0.0, **kwargs):
+                 attention_window=0, attention_window_back=3, max_chars_per_frame=0.0,
+                 ctc_weight=0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.sos_id, self.eos_id = vocab_size, sos_id, eos_id
+        self.ctc_weight = ctc_weight
+        # Joint CTC-attention (Watanabe et al. 2017): a CTC head on the listener's values,
+        # over the speller's vocabulary with <pad> as the blank (tfawd.speech.ctc).
+        self.ctc_head = keras.layers.Dense(vocab_size, name="ctc_logits") if ctc_weight else None
         self.max_chars_per_frame = max_chars_per_frame
         self.listener = Listener(listener_units, attention_dim, pyramid_layers, frame_stack)
         self.speller = Speller(vocab_size, speller_units, embed_dim, attention_dim,
@@ -192,7 +197,7 @@ class ListenAttendSpell(keras.Model):
                             pyramid_layers=pyramid_layers, frame_stack=frame_stack,
                             attention_window=attention_window,
                             attention_window_back=attention_window_back,
-                            max_chars_per_frame=max_chars_per_frame)
+                            max_chars_per_frame=max_chars_per_frame, ctc_weight=ctc_weight)
 
     def get_config(self):
         return {**super().get_config(), **self._config}
@@ -212,11 +217,15 @@ class ListenAttendSpell(keras.Model):
         return tf.clip_by_value(tf.cast(caps, tf.int32), 1, tf.cast(max_len, tf.int32) + 1)
 
     def teacher_forced(self, features, frames, labels, teacher_forcing=1.0, seed=(0, 0),
-                       training=False):
-        """labels [B, L] (ending in <eos>, padded) -> logits [B, L, V], attention [B, L, T'].
-        Step t reads labels[t-1] (or <sos>) with probability `teacher_forcing`, else the
-        argmax of step t-1."""
+                       training=False, with_ctc=False):
+        """labels [B, L] (ending in <eos>, padded) -> logits [B, L, V], attention [B, L, T'];
+        with `with_ctc` (a model with a CTC head) also the CTC logits [B, T', V] (float32) and
+        the encoder frames [B]. Step t reads labels[t-1] (or <sos>) with probability
+        `teacher_forcing`, else the argmax of step t-1."""
         keys, values, mask = self.listen(features, frames, training)
+        if self.ctc_head is not None:  # also on the building call, so the head has weights
+            ctc = (tf.cast(self.ctc_head(values), tf.float32),
+                   tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
         batch, length = tf.shape(labels)[0], tf.shape(labels)[1]
         inputs = tf.concat([tf.fill([batch, 1], self.sos_id), labels[:, :-1]], axis=1)
         use_truth = replica_rows_of(  # one process's draw, also over several replicas
@@ -232,8 +241,9 @@ class ListenAttendSpell(keras.Model):
             previous = tf.argmax(logits, axis=-1, output_type=tf.int32)
             logits_ta = logits_ta.write(t, logits)
             attn_ta = attn_ta.write(t, weights)
-        return (tf.transpose(logits_ta.stack(), [1, 0, 2]),
-                tf.transpose(attn_ta.stack(), [1, 0, 2]))
+        out = (tf.transpose(logits_ta.stack(), [1, 0, 2]),
+               tf.transpose(attn_ta.stack(), [1, 0, 2]))
+        return out + ctc if with_ctc and self.ctc_head is not None else out
 
     def greedy(self, features, frames, max_len):
         """-> tokens [B, max_len] (<eos> then <eos> padding), scores [B] (sum of log-probs up

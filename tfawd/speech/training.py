@@ -25,6 +25,7 @@ from tfawd.core.loop import Loop
 from tfawd.core.run_dir import RunDir
 from tfawd.nn.optimizers import Adam
 from tfawd.speech import evaluation as speech_eval
+from tfawd.speech.ctc import ctc_loss
 from tfawd.speech.data import featurized
 from tfawd.speech.evaluation import N_ATTENTION, eval_batches, evaluate_splits, transcribe
 from tfawd.speech.inference import BATCH_SPEC, build_las, make_decoder
@@ -48,8 +49,9 @@ def sequence_loss(logits, labels, smoothing: float):
 
 def make_train_step(model, optimizer, cfg, strategy=None):
     """(features, frames, labels, teacher forcing rate, seed [2]) -> (cross-entropy, guided
-    attention loss before its weight); minimises cross-entropy + --guided_attention times
-    the latter; traced once. Under a `tf.distribute` strategy each replica decodes its rows
+    attention loss before its weight, CTC loss per character (0 without --ctc_weight));
+    minimises (1 - w) cross-entropy + w CTC (w = --ctc_weight) + --guided_attention times the
+    guided loss; traced once. Under a `tf.distribute` strategy each replica decodes its rows
     of the global batch and weighs its losses by its share of the batch's characters (and
     attention cells), so the summed gradient is the global batch's (`tfawd.core.distribute`).
     """
@@ -73,18 +75,24 @@ def make_train_step(model, optimizer, cfg, strategy=None):
                                     for t in (features, frames, labels))
         chars, enc, my_chars, my_cells = sizes(frames, labels)
         with tf.GradientTape() as tape:
-            logits, attention = model.teacher_forced(features, frames, labels, rate, seed,
-                                                     training=True)
+            out = model.teacher_forced(features, frames, labels, rate, seed, training=True,
+                                       with_ctc=bool(cfg.ctc_weight))
+            logits, attention = out[:2]
             loss = sequence_loss(logits, labels, cfg.label_smoothing)
             guided = guided_attention_loss(attention, chars, enc, cfg.guided_attention_width)
+            # CTC's NLL per character of the global batch (0 without a CTC head)
+            ctc = (tf.reduce_sum(ctc_loss(out[2], out[3], labels)) / tf.maximum(all_chars, 1.0)
+                   if cfg.ctc_weight else tf.constant(0.0))
             if replicas > 1:  # this replica's share of the global batch's means
                 loss = loss * my_chars / all_chars
                 guided = guided * my_cells / tf.maximum(all_cells, 1.0)
-            total = loss + cfg.guided_attention * guided if cfg.guided_attention else loss
+            total = (1 - cfg.ctc_weight) * loss + cfg.ctc_weight * ctc
+            if cfg.guided_attention:
+                total += cfg.guided_attention * guided
         grads = tape.gradient(total, model.trainable_variables)
-        loss, guided, *grads = distribute.all_reduce_sum([loss, guided] + grads)
+        loss, guided, ctc, *grads = distribute.all_reduce_sum([loss, guided, ctc] + grads)
         optimizer.apply(grads, model.trainable_variables)
-        return loss, guided
+        return loss, guided, ctc
 
     @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
                                                tf.TensorSpec([2], tf.int32)))
@@ -127,10 +135,12 @@ class SpeechTask(TrainingTask):
 
     def step(self, batch, step):
         seed = tf.constant([self.cfg.seed, step], tf.int32)
-        loss, guided = self.train_step(batch["features"], batch["frames"], batch["labels"],
-                                       self.rate, seed)
-        return ({"loss": float(loss), "guided attention": float(guided)},
-                int(tf.reduce_sum(batch["frames"])))
+        loss, guided, ctc = self.train_step(batch["features"], batch["frames"], batch["labels"],
+                                            self.rate, seed)
+        values = {"loss": float(loss), "guided attention": float(guided)}
+        if self.cfg.ctc_weight:
+            values["ctc"] = float(ctc)
+        return values, int(tf.reduce_sum(batch["frames"]))
 
     def log_entry(self, means, rate, epoch):
         entry = {"train_loss": means["loss"], "train_guided_attention": means["guided attention"],
@@ -140,6 +150,9 @@ class SpeechTask(TrainingTask):
         tf.summary.scalar("guided_attention", entry["train_guided_attention"])
         tf.summary.scalar("frames_per_s", rate)
         tf.summary.scalar("teacher_forcing", self.rate)
+        if "ctc" in means:
+            entry["train_ctc"] = means["ctc"]
+            tf.summary.scalar("ctc", means["ctc"])
         return entry
 
     def validate(self) -> dict:
