@@ -25,6 +25,7 @@ from absl import logging
 
 from tfawd.core import distribute, reporting
 from tfawd.core.checkpoints import check_saved_config, save_config
+from tfawd.core.flags import profile_range
 from tfawd.core.loop import Loop, LoopConfig, Task
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import ModelDirLock
@@ -49,13 +50,12 @@ class TrainingTask(Task):
 
 
 def loop_config(cfg) -> LoopConfig:
-    """The loop's bounds, logging, checkpoint cadence and profiling, from the run flags."""
-    profile = None
-    if getattr(cfg, "profile_steps", ""):
-        profile = tuple(int(s) for s in cfg.profile_steps.split(","))
+    """The loop's bounds, logging, checkpoint cadence and profiling, from the run flags (a
+    family without a --precision flag trains in float32)."""
     return LoopConfig(cfg.model_dir, cfg.max_epochs, cfg.max_steps, cfg.time_budget_min,
                       cfg.log_every, cfg.checkpoint_every,
-                      checkpoint_minutes=cfg.checkpoint_every_min, profile=profile,
+                      checkpoint_minutes=cfg.checkpoint_every_min,
+                      profile=profile_range(cfg.profile_steps),
                       precision=getattr(cfg, "precision", "float32"))
 
 
