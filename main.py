@@ -20,7 +20,7 @@ from absl import app, flags  # noqa: E402
 from tfawd import families  # noqa: E402
 from tfawd.core import distribute, registry  # noqa: E402
 from tfawd.core.run_flags import adopt_recorded_flags  # noqa: E402
-from tfawd.core.run_guard import Interrupted  # noqa: E402
+from tfawd.core.run_guard import Interrupted, RunError  # noqa: E402
 
 FAMILIES = families.define_flags(flags.FLAGS)  # the run-level flags, then each family's
 MODES = tuple(dict.fromkeys(m for fam in FAMILIES for m in fam.modes))
@@ -45,7 +45,10 @@ def main(argv):
     if FLAGS.model_dir is None:  # the family's default folder
         FLAGS.model_dir = registry.family_of(FLAGS.model).config().model_dir
     if FLAGS.mode != "train":  # a trained run's folder answers for its own flags
-        adopt_recorded_flags(FLAGS, FLAGS.model_dir)
+        try:
+            adopt_recorded_flags(FLAGS, FLAGS.model_dir)
+        except RunError as e:  # its results.json / flags.json damaged: one line naming it
+            sys.exit(f"error: {e}")
     family = registry.family_of(FLAGS.model)
     if FLAGS.dataset is not None and FLAGS.dataset not in family.datasets:
         sys.exit(f"error: --dataset={FLAGS.dataset} is not data of --model={FLAGS.model} "

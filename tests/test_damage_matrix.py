@@ -1,8 +1,10 @@
 """The damage matrix (issue 27): every file of a small trained language-model run folder, each
 damaged in four ways (truncated, garbage bytes, deleted, swapped for another run's copy), then
-each mode run on it. Every cell must either work (a documented fallback: a log file rebuilt,
-a record started anew) or stop with a user error of one line that names the damaged file;
-never another exception (a traceback), and never a change to the folder's other files.
+each mode run on it (train, evaluate, predict, generate; the tune modes on every file damaged
+two ways; export on the files it reads). Every cell must either work (a documented fallback:
+a log file rebuilt, a record started anew) or stop with a user error of one line that names
+the damaged file; never another exception (a traceback), and never a change to the folder's
+other files.
 
 The modes are called in-process as main.py calls them, with main.py's error contract: the
 user errors it turns into one line (`RunError`, `DataError`; `ValueError` for predict,
@@ -29,6 +31,7 @@ FILES = ("model.json", "flags.json", "vocab.txt", "results.json", "history.json"
          "ckpt/DATA", "best/DATA", "best/INDEX")
 DAMAGES = ("truncate", "garbage", "delete", "swap")
 MODES = ("train", "evaluate", "predict", "generate")
+TUNE_MODES = ("tune_cache", "tune_dynamic_eval")  # the readers of evaluate, another writer
 
 
 def _cfg(run, **kw):
@@ -90,6 +93,11 @@ def _call(mode, run, corpus, tmp_path):
         return train(cfg, corpus)
     if mode == "evaluate":
         return modes.evaluate(cfg, corpus)
+    if mode in ("tune_cache", "tune_dynamic_eval"):  # grids of two points, a short cache
+        cfg = dataclasses.replace(cfg, cache_window=20, cache_thetas="0.5", cache_lambdas="0.1,0.2",
+                                  dynamic_eval_lrs="1e-3", dynamic_eval_lambdas="0.002,0.02",
+                                  dynamic_eval_tune_tokens=100)
+        return getattr(modes, mode)(cfg, corpus)
     if mode == "predict":
         np.save(tmp_path / "ctx.npy", np.array([[1, 2, 3]], np.int32))
         inf.contexts = str(tmp_path / "ctx.npy")
@@ -138,3 +146,12 @@ def test_a_damaged_file_gives_one_line_naming_it_or_a_documented_fallback(
 def test_export_of_a_damaged_run_gives_one_line_naming_the_file(runs, tmp_path, name, damage):
     test_a_damaged_file_gives_one_line_naming_it_or_a_documented_fallback(
         runs, tmp_path, name, damage, "export")
+
+
+@pytest.mark.parametrize("mode", TUNE_MODES)
+@pytest.mark.parametrize("damage", ("garbage", "swap"))  # truncate and delete read alike
+@pytest.mark.parametrize("name", FILES)
+def test_the_tune_modes_on_a_damaged_file_give_one_line_or_a_documented_fallback(
+        runs, tmp_path, name, damage, mode):
+    test_a_damaged_file_gives_one_line_naming_it_or_a_documented_fallback(
+        runs, tmp_path, name, damage, mode)

@@ -1,6 +1,7 @@
 """The damage matrix (issue 27) for the recogniser's run folder: each file damaged four ways,
-then resume (train) and evaluate: a documented fallback or one line naming the file,
-never a traceback, and a refusal changes no other file. See tests/test_damage_matrix.py."""
+then resume (train) and evaluate, and export on the files it reads: a documented fallback or
+one line naming the file, never a traceback, and a refusal changes no other file. See
+tests/test_damage_matrix.py."""
 import dataclasses
 
 import pytest
@@ -46,3 +47,11 @@ def test_a_damaged_speech_file_gives_one_line_naming_it_or_a_documented_fallback
     root, data_dir = speech_runs
     check_damage(root, tmp_path, name, damage, mode,
                  lambda run: _call(mode, run, data_dir, tmp_path))
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("name", ("model.json", "results.json", "best/DATA", "best/INDEX"))
+def test_export_of_a_damaged_speech_run_gives_one_line_or_a_documented_fallback(
+        speech_runs, tmp_path, name, damage):
+    test_a_damaged_speech_file_gives_one_line_naming_it_or_a_documented_fallback(
+        speech_runs, tmp_path, name, damage, "export")

@@ -8,13 +8,21 @@ ModelServerConfig text proto listing every model folder for `--model_config_file
 is `--export_name`, default the basename of `--model_dir`. Each version is written under a
 hidden temporary name and renamed when complete, so a server never sees half an export.
 
+A damaged export folder (issue 27) gives one line naming the path and the fix: `--export_dir`
+or `<export_dir>/<name>` that is a file, a folder that cannot be written, a `models.config` that
+is a folder. What a killed export leaves (a hidden `.partial-*` version) is removed with a
+warning; a version folder without `saved_model.pb` (not ours: ours are renamed whole) is named in
+a warning, since TF Serving would try to serve it until a newer version exists.
+
 The signatures are the model family's: `tfawd.lm.export` (next_words, score, generate) and
 `tfawd.speech.export` (transcribe_wav, transcribe_features).
 """
 import os
 import re
+import shutil
 
 import tensorflow as tf
+from absl import logging
 
 from tfawd.core import files
 
@@ -28,16 +36,55 @@ def next_version(base_dir: str, name: str) -> int:
     return max(versions, default=0) + 1
 
 
+def check_export_dir(base_dir: str, name: str) -> str:
+    """Makes `<base_dir>/<name>` ready for a new version and returns it: a ValueError of one
+    line when a path on the way is not a writable folder; leftovers of a killed export removed
+    and version folders without a SavedModel named (warnings)."""
+    folder = os.path.join(base_dir, name)
+    for path, what in ((base_dir, "--export_dir"), (folder, f"--export_dir's {name}/")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{what} {path} is a file, not a folder; move it aside or choose "
+                             f"another --export_dir / --export_name")
+    config = os.path.join(base_dir, "models.config")
+    if os.path.isdir(config):
+        raise ValueError(f"{config} is a folder; move it aside (export writes the server's "
+                         f"config file there)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create {folder} ({e.strerror}); choose a writable "
+                         f"--export_dir") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write in {folder}; choose a writable --export_dir")
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry.startswith(".partial-"):
+            logging.warning("removing %s, left by an export that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.isdigit() and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            logging.warning("%s has no saved_model.pb: not a whole SavedModel (TF Serving will "
+                            "fail on it until a newer version exists; this export adds one)", path)
+    return folder
+
+
 def save_version(archive, base_dir: str, name: str) -> str:
     """Writes a `keras.export.ExportArchive` as the next version of `name`; returns its path."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '-' or '.'")
+    check_export_dir(base_dir, name)
     path = os.path.join(base_dir, name, str(next_version(base_dir, name)))
     partial = os.path.join(base_dir, name, f".partial-{os.path.basename(path)}")
     # Serving needs no gradients: the LSTM's hand-written backward (lstm_kernel) reads the
     # forward loop's TensorLists, which a saved gradient function could not capture.
-    archive.write_out(partial, verbose=False,
-                      options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    try:
+        archive.write_out(partial, verbose=False,
+                          options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    except (OSError, tf.errors.OpError) as e:  # a full disk, a folder gone: nothing half-made
+        shutil.rmtree(partial, ignore_errors=True)
+        reason = getattr(e, "strerror", None) or getattr(e, "message", "") or str(e)
+        raise ValueError(f"could not write the SavedModel {path} "
+                         f"({reason.splitlines()[0] if reason else type(e).__name__}); "
+                         f"free space or choose another --export_dir") from None
     os.rename(partial, path)
     return path
 
@@ -46,7 +93,8 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     """`<base_dir>/models.config` listing every model folder of `base_dir` (one with integer
     version folders), with base_path `<serving_root>/<name>` (None: this machine's paths)."""
     names = sorted(d for d in os.listdir(base_dir)
-                   if os.path.isdir(os.path.join(base_dir, d))
+                   if os.path.isdir(os.path.join(base_dir, d)) and os.access(
+                       os.path.join(base_dir, d), os.R_OK | os.X_OK)
                    and any(v.isdigit() for v in os.listdir(os.path.join(base_dir, d))))
     root = serving_root or os.path.abspath(base_dir)
     entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{root}/{n}'\n"

@@ -45,6 +45,9 @@ def load_trained(model_dir: str, cfg):
     run = RunDir(model_dir)
     best = latest_checkpoint(run.best)
     last = latest_checkpoint(run.ckpt)
+    if not best and last and os.path.exists(os.path.join(run.best, "checkpoint")):
+        print(f"warning: the best weights in {run.best} cannot be found (their files are "
+              f"missing); using the latest training weights {last}", flush=True)
     if not os.path.exists(run.vocab) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
