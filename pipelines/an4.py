@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.corpus_files import DATA_DIR_ENV, DataError
-from pipelines.speech_features import CHARACTERS
+from pipelines.speech_features import CHARACTERS, feature_stats  # noqa: F401 (re-exported)
 
 N_CEPSTRA, N_FILTERS = 13, 40
 SPLITS = ("train", "valid", "test")
@@ -208,22 +208,6 @@ def load_features(rows, features: str = "logmel") -> list:
         raise ValueError(f"features={features!r}: one of {', '.join(FEATURES)}")
     cepstra = [read_mfc(r.path) for r in rows]
     return cepstra if features == "cepstra" else [to_logmel(c) for c in cepstra]
-
-
-def feature_stats(examples) -> tuple:
-    """(mean [D], std [D]) float32 over every frame of `examples` (arrays [T, D], dicts with
-    "features", or a tf.data.Dataset of such dicts): give it the train split only."""
-    if isinstance(examples, tf.data.Dataset):
-        examples = examples.as_numpy_iterator()
-    total, total_sq, n = 0.0, 0.0, 0
-    for ex in examples:
-        f = np.asarray(ex["features"] if isinstance(ex, dict) else ex, np.float64)
-        total, total_sq, n = total + f.sum(0), total_sq + np.square(f).sum(0), n + len(f)
-    if n == 0:
-        raise ValueError("feature_stats needs at least one frame")
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - np.square(mean), 0.0))
-    return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)
 
 
 def apply_stats(features, stats):

@@ -91,23 +91,55 @@ def spec_augment(features, seed, freq_masks=2, freq_width=6, time_masks=2, time_
     return features * keep
 
 
-def featurize(sample_rate: int, vocab: CharVocab):
+def feature_stats(examples) -> tuple:
+    """(mean [D], std [D]) float32 over every frame of `examples` (a tf.data.Dataset of dicts
+    with "features" [T, D], or arrays [T, D]): the training split's, for global mean and
+    variance normalisation (CMVN)."""
+    if isinstance(examples, tf.data.Dataset):
+        examples = examples.as_numpy_iterator()
+    total, total_sq, n = 0.0, 0.0, 0
+    for ex in examples:
+        f = np.asarray(ex["features"] if isinstance(ex, dict) else ex, np.float64)
+        total, total_sq, n = total + f.sum(0), total_sq + np.square(f).sum(0), n + len(f)
+    if n == 0:
+        raise ValueError("feature_stats needs at least one frame")
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - np.square(mean), 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)
+
+
+def featurize(sample_rate: int, vocab: CharVocab, stats=None, raw: bool = False):
     """The map from a source element to features, frames, labels and transcript. Sources give
     "audio" (featurized here; audio at any other rate than `sample_rate` is refused, as the
-    frame sizes depend on it) or precomputed "features" [T, 40] (only normalised)."""
+    frame sizes depend on it) or precomputed "features" [T, D]. The features are normalised
+    per utterance and band (`normalise`), or with `stats` = (mean, std) of the training split
+    (global CMVN), or not at all with `raw`."""
+    def scale(feats):
+        if raw:
+            return feats
+        if stats is None:
+            return normalise(feats)
+        return (feats - stats[0]) / stats[1]
+
     def fn(example):
         if "features" in example:
-            feats = normalise(tf.cast(example["features"], tf.float32))
+            feats = scale(tf.cast(example["features"], tf.float32))
         else:
             tf.debugging.assert_equal(
                 tf.cast(example["sample_rate"], tf.int32), sample_rate,
                 message=f"audio at a sample rate other than {sample_rate} Hz, the rate this "
                         "model's features are computed at; resample the audio")
-            feats = normalise(log_mel(example["audio"], sample_rate))
-        return {"features": feats, "frames": tf.shape(feats)[0],
-                "labels": vocab.encode(example["transcript"]),
-                "transcript": example["transcript"]}
+            feats = scale(log_mel(example["audio"], sample_rate))
+        out = {"features": feats, "frames": tf.shape(feats)[0],
+               "labels": vocab.encode(example["transcript"]),
+               "transcript": example["transcript"]}
+        if "speaker" in example:  # for per-speaker error rates
+            out["speaker"] = example["speaker"]
+        return out
     return fn
+
+
+TRAIN_KEYS = ("features", "frames", "labels", "transcript")
 
 
 def batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed=None, augment_seed=None,
@@ -116,6 +148,7 @@ def batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed=None, augme
     scaled so that a batch holds about the same number of frames. With `shuffle_seed` the order
     is shuffled (deterministically per seed); with `augment_seed` SpecAugment masks are applied
     (one seed pair per example, from `augment_seed`)."""
+    examples = examples.map(lambda ex: {k: ex[k] for k in TRAIN_KEYS})
     if shuffle_seed is not None:
         examples = examples.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=False)
     if augment_seed is not None:

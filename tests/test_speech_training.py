@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from pipelines.speech_features import CharVocab
 from tfawd.core.run_guard import RunError
 from tfawd.speech import evaluation as speech_evaluation
 from tfawd.speech import las
@@ -138,3 +139,33 @@ def test_a_joint_ctc_run_logs_its_ctc_loss_and_evaluates_with_its_own_head(data_
     assert trained_model_flags(plain).ctc_weight == 0.3
     scores = speech_evaluation.evaluate(plain)
     assert 0 <= scores["valid_greedy"]["cer"]
+    # its CTC head decodes alone, and inside the beam search (tiny_cfg's beam of 2)
+    assert {"valid_ctc", "valid_joint", "test_ctc", "test_joint"} <= set(scores)
+
+
+def test_global_feature_normalisation_is_measured_on_train_and_saved_with_the_weights(
+        data_dir, tmp_path):
+    """--feature_norm=global: the model holds the training split's per-band mean and std
+    (in its checkpoints), the data is scaled by them, and evaluating the folder later uses the
+    saved ones (the same CER as the run's own final evaluation)."""
+    from pipelines import speech_features
+    from tfawd.speech.data import featurized, sources
+    cfg = tiny_cfg(data_dir, tmp_path / "run", max_steps=2, feature_norm="global")
+    loop = speech_training.open_run(cfg)
+    srcs, rate = sources(cfg)
+    raw = speech_features.featurize(rate, loop.task.vocab, raw=True)
+    mean, std = speech_features.feature_stats(srcs["train"].map(raw))
+    np.testing.assert_allclose(loop.model.feature_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(loop.model.feature_std.numpy(), std, rtol=1e-5)
+    frames = np.concatenate([ex["features"] for ex in loop.task.data["train"].as_numpy_iterator()])
+    np.testing.assert_allclose(frames.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(frames.std(0), 1, atol=1e-3)
+    del loop
+    speech_training.train(cfg)
+    final = json.load(open(tmp_path / "run" / "results.json"))
+    assert json.load(open(tmp_path / "run" / "model.json"))["config"]["feature_norm"] == "global"
+    scores = speech_evaluation.evaluate(dataclasses.replace(cfg, feature_norm="utterance",
+                                                            explicit=()))
+    assert scores["valid_greedy"]["cer"] == final["valid_greedy"]["cer"]
+    _, _, stats = featurized(cfg, CharVocab(), (mean + 1, std))
+    assert stats[0][0] == mean[0] + 1  # given statistics are used, not measured again

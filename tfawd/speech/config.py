@@ -37,13 +37,23 @@ class SpeechConfig(RunFlags):
     npy_prefix: str = _f("", "npy: seed 003's format: <prefix>{train,dev}.npy (object arrays of "
                              "(T, 40) features) and <prefix>{train,dev}_transcripts.npy.")
     spec_augment: bool = _f(True, "SpecAugment masks on training features.")
+    feature_norm: str = _f("utterance", "Feature normalisation: utterance (each utterance's "
+                                        "bands to zero mean, unit variance over its own frames) "
+                                        "or global (by the training split's per-band mean and "
+                                        "std, saved with the model).",
+                           choices=("utterance", "global"))
     # Model
     listener_units: int = _f(256, "LAS: BiLSTM units per direction.")
     frame_stack: int = _f(1, "LAS: consecutive frames the BiLSTM reads per step (1: every "
                              "10 ms frame; 3: a step per 30 ms, 3x fewer recurrent steps).")
     pyramid_layers: int = _f(0, "LAS: pyramidal BiLSTM layers after the first (each halves T).")
     speller_units: int = _f(256, "LAS: units of each of the two decoder LSTMCells.")
-    attention_dim: int = _f(128, "LAS: key/value/query size of the dot-product attention.")
+    attention_dim: int = _f(128, "LAS: key/value/query size of the attention.")
+    attention: str = _f("dot", "LAS: the speller's attention: dot (the seed's dot product of "
+                               "query and keys) or location (Chorowski et al. 2015 section "
+                               "2.1: also convolutional features of the previous step's "
+                               "weights, so it can prefer frames just after the last focus).",
+                        choices=("dot", "location"))
     char_embed_dim: int = _f(64, "LAS: character embedding size.")
     attention_window: int = _f(0, "LAS: windowed attention (Chorowski et al. 2015, section 2.3):"
                                   " each decoder step attends only to encoder frames p - "
@@ -77,6 +87,11 @@ class SpeechConfig(RunFlags):
                                       " about 0.6/T for uniform attention. 0: off.")
     guided_attention_width: float = _f(0.2, "LAS: g of --guided_attention (a fraction of the "
                                             "utterance).")
+    ctc_decode_weight: float = _f(0.3, "LAS with a CTC head (--ctc_weight > 0): weight of the "
+                                       "CTC prefix score in the joint beam search (Watanabe et "
+                                       "al. 2017 section 3.3), scored as the 'joint' decoder "
+                                       "beside greedy and beam; the CTC head alone is scored "
+                                       "as 'ctc'. 0: no joint decoding.")
     max_decode_len: int = _f(120, "LAS: longest decoded transcript, in characters.")
     max_chars_per_frame: float = _f(0.0, "LAS: decoding also stops after ceil(input frames x "
                                          "this) characters incl. <eos> (a looping decoder "
@@ -107,6 +122,8 @@ def define_flags(fv=flags.FLAGS):
                                  flag_values=fv)
     flags.register_validator("lr_epoch_decay", lambda v: 0 < v <= 1,
                              "--lr_epoch_decay must be in (0, 1]", flag_values=fv)
+    flags.register_validator("ctc_decode_weight", lambda v: 0 <= v <= 1,
+                             "--ctc_decode_weight must be in [0, 1]", flag_values=fv)
     flags.register_validator("ctc_weight", lambda v: 0 <= v < 1,
                              "--ctc_weight must be in [0, 1)", flag_values=fv)
     flags.register_validator("ema_decay", lambda v: 0 <= v < 1,

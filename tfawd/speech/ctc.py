@@ -222,15 +222,17 @@ class CTCPrefixScorer:
 class Hypothesis(NamedTuple):
     """A finished hypothesis: its characters (no <sos>/<eos>), joint score, and the attention
     log-probability (incl. <eos>) and CTC log-probability log p_ctc(tokens | x) (0 when the
-    search ran without CTC) it combines."""
+    search ran without CTC) it combines; with `keep_states`, `state`: the decoder state after
+    its <eos> step (e.g. its attention history)."""
     tokens: tuple
     score: float
     att: float
     ctc: float
+    state: object = None
 
 
 def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_len,
-                      sos_id=SOS_ID, eos_id=EOS_ID, blank=CTC_BLANK):
+                      sos_id=SOS_ID, eos_id=EOS_ID, blank=CTC_BLANK, keep_states=False):
     """Joint CTC/attention one-pass beam search (Watanabe et al. 2017 section 3.3, eq. 23-25):
     each hypothesis h is scored alpha(h) = (1 - w) alpha_att(h) + w alpha_ctc(h), where
     alpha_att(g + c) = alpha_att(g) + log p_att(c | g, x) and alpha_ctc(h) =
@@ -245,7 +247,8 @@ def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_
     slot with its final score and competes with the live extensions (all candidates are ranked
     together, the best `beam` kept); the search stops when every kept hypothesis has ended; step
     `max_len` (counting <eos>) may only be <eos>. Extensions scored -inf (the CTC blank, w > 0)
-    are never kept. No length normalisation. Returns the kept `Hypothesis`es, best first. A
+    are never kept. No length normalisation. Returns the kept `Hypothesis`es, best first (with
+    `keep_states`, each with its decoder state after the <eos> step). A
     weight of exactly 0 (1) skips the CTC (attention) term: a plain attention (CTC-only)
     search."""
     use_att, use_ctc = ctc_weight < 1, ctc_weight > 0
@@ -269,7 +272,10 @@ def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_
         parents, chars = flat // total.shape[1], flat % total.shape[1]
         done = chars == eos_id
         kept_ended += [Hypothesis(prefixes[p], float(total[p, eos_id]), float(cand_att[p, eos_id]),
-                                  float(cand_ctc[p, eos_id])) for p in parents[done]]
+                                  float(cand_ctc[p, eos_id]),
+                                  tf.nest.map_structure(lambda s, p=p: np.asarray(s)[p:p + 1],
+                                                        new_states) if keep_states else None)
+                       for p in parents[done]]
         ended = sorted(kept_ended, key=lambda h: -h.score)
         parents, chars = parents[~done], chars[~done]
         if not len(parents):

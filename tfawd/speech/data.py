@@ -36,7 +36,8 @@ def sources(cfg) -> tuple:
                  for s, p in zip(("train", "valid", "test"), paths)}, rate)
     if cfg.dataset == "an4":  # precomputed features (40 log-mels from the cepstra), no audio
         from pipelines import an4
-        return ({s: an4.dataset(cfg.data_dir, s, features="logmel", seed=cfg.seed)
+        # the validation speakers do not move with --seed: every run selects on the same ones
+        return ({s: an4.dataset(cfg.data_dir, s, features="logmel", seed=0)
                  for s in an4.SPLITS}, 0)
     if cfg.dataset == "npy":
         return ({"train": speech_sources.npy_dataset(cfg.npy_prefix, "train"),
@@ -44,9 +45,18 @@ def sources(cfg) -> tuple:
     raise ValueError(f"--dataset={cfg.dataset} is not speech data")
 
 
-def featurized(cfg, vocab) -> tuple:
-    """(split -> cached dataset of featurized examples, sample rate)."""
+def featurized(cfg, vocab, stats=None) -> tuple:
+    """(split -> cached dataset of featurized examples, sample rate, stats). --feature_norm:
+    `utterance` normalises each utterance over its own frames (stats None); `global` by the
+    mean and std of the training split's frames (global CMVN): `stats` (mean, std) when given
+    (a trained model's), else measured on the train split here."""
     srcs, rate = sources(cfg)
-    fn = speech_features.featurize(rate, vocab)
-    return {s: d.map(fn, num_parallel_calls=tf.data.AUTOTUNE).cache()
-            for s, d in srcs.items()}, rate
+    if cfg.feature_norm == "global" and stats is None:
+        if "train" not in srcs:
+            raise ValueError("--feature_norm=global needs the training split's statistics")
+        raw = speech_features.featurize(rate, vocab, raw=True)
+        stats = speech_features.feature_stats(srcs["train"].map(
+            raw, num_parallel_calls=tf.data.AUTOTUNE))
+    fn = speech_features.featurize(rate, vocab, stats if cfg.feature_norm == "global" else None)
+    return ({s: d.map(fn, num_parallel_calls=tf.data.AUTOTUNE).cache()
+             for s, d in srcs.items()}, rate, stats)

@@ -9,7 +9,9 @@
   in slightly different order inside the word, as the BiLSTM spreads the word over them),
   `near_peak_mass` the mean attention mass within +-`width` frames of the peak.
 - `plot_attention`: one PNG per utterance, output characters against input frames.
-- `evaluate_splits`: greedy (and beam) decoding of every evaluation split, scored; `evaluate`
+- `evaluate_splits`: greedy (and beam) decoding of every evaluation split, scored; a model
+  with a CTC head also by its CTC head alone (`ctc`) and by joint CTC/attention beam search
+  (`joint`, `tfawd.speech.joint_decoding`); `evaluate`
   is `--mode=evaluate --model=las` on a trained run (the model only, no trainer).
 """
 import io
@@ -23,7 +25,7 @@ import tensorflow as tf
 from pipelines.speech_features import CharVocab
 from tfawd.core import files, reporting
 from tfawd.core.run_dir import RunDir
-from tfawd.speech import inference
+from tfawd.speech import inference, joint_decoding
 from tfawd.speech.data import featurized
 from tfawd.speech.inference import make_decoder
 from tfawd.speech.las import encoder_frames
@@ -130,10 +132,13 @@ N_ATTENTION = 10  # validation utterances whose attention is plotted and saved
 def transcribe(decode, data, vocab, frame_stack=1, pyramid_layers=0) -> dict:
     """Decodes a batched split: hypotheses, references, attention maps (trimmed to output
     length incl. <eos> and to the utterance's encoder frames), in dataset order."""
-    out = {"hyps": [], "refs": [], "attention": [], "out_lengths": [], "frames": [], "steps": []}
+    out = {"hyps": [], "refs": [], "attention": [], "out_lengths": [], "frames": [], "steps": [],
+           "speakers": []}
     for batch in data:
         tokens, _, attn = decode(batch["features"], batch["frames"])
         enc = encoder_frames(batch["frames"].numpy(), frame_stack, pyramid_layers)
+        if "speaker" in batch:
+            out["speakers"].extend(s.decode() for s in batch["speaker"].numpy())
         for tok, a, n, ref in zip(tokens.numpy(), attn.numpy(), enc, batch["transcript"].numpy()):
             hyp = vocab.decode(tok)
             eos = np.flatnonzero(tok == vocab.eos_id)
@@ -148,8 +153,20 @@ def transcribe(decode, data, vocab, frame_stack=1, pyramid_layers=0) -> dict:
 
 
 def eval_batches(data, batch_size):
-    return data.padded_batch(batch_size, padding_values={"features": 0.0, "frames": 0,
-                                                        "labels": 0, "transcript": ""})
+    padding = {"features": 0.0, "frames": 0, "labels": 0, "transcript": "", "speaker": ""}
+    return data.padded_batch(batch_size, padding_values={k: padding[k] for k in
+                                                         data.element_spec})
+
+
+def per_speaker(result) -> dict:
+    """{speaker: {"cer", "wer", "utterances"}} of a transcribed split whose source names
+    speakers (empty otherwise)."""
+    rows = {}
+    for speaker, hyp, ref in zip(result["speakers"], result["hyps"], result["refs"]):
+        rows.setdefault(speaker, ([], []))
+        rows[speaker][0].append(hyp)
+        rows[speaker][1].append(ref)
+    return {s: {**error_rates(h, r), "utterances": len(h)} for s, (h, r) in sorted(rows.items())}
 
 
 def write_attention(model_dir, result, n=N_ATTENTION) -> dict:
@@ -175,6 +192,11 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
     decoders = {"greedy": greedy or make_decoder(model, cfg.max_decode_len)}
     if cfg.beam_size > 1:
         decoders["beam"] = make_decoder(model, cfg.max_decode_len, cfg.beam_size)
+    if model.ctc_head is not None:
+        decoders["ctc"] = joint_decoding.make_ctc_decoder(model, cfg.max_decode_len)
+        if cfg.ctc_decode_weight and cfg.beam_size > 1:
+            decoders["joint"] = joint_decoding.make_joint_decoder(
+                model, cfg.max_decode_len, cfg.beam_size, cfg.ctc_decode_weight)
     metrics = {}
     for split in [s for s in data if s != "train"]:
         for name, decode in decoders.items():
@@ -186,6 +208,8 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
                           seconds=round(time.perf_counter() - t0, 2),
                           examples=[{"ref": r, "hyp": h} for r, h in
                                     zip(result["refs"][:5], result["hyps"][:5])])
+            if result["speakers"]:
+                scores["per_speaker"] = per_speaker(result)
             metrics[f"{split}_{name}"] = scores
             if split == "valid" and name == "greedy":
                 metrics["diagonality_first10"] = write_attention(cfg.model_dir, result)
@@ -201,7 +225,9 @@ def evaluate(cfg) -> dict:
     architecture, best weights) on every evaluation split; writes evaluation.json."""
     model, cfg = inference.load_trained(cfg)
     vocab = CharVocab()
-    data, _ = featurized(cfg, vocab)
+    stats = ((model.feature_mean.numpy(), model.feature_std.numpy())
+             if model.feature_norm == "global" else None)
+    data, _, _ = featurized(cfg, vocab, stats)
     metrics = evaluate_splits(model, vocab, {s: d for s, d in data.items() if s != "train"}, cfg)
     path = RunDir(cfg.model_dir).evaluation
     reporting.write_json(path, metrics)

@@ -2,23 +2,25 @@
 
 - `transcribe_wav`: wav string [B] (file bytes) -> transcripts string [B], scores float32 [B],
   attention float32 [B, L, T'], frames int32 [B] (encoder frames of each utterance).
-- `transcribe_features`: features float32 [B, T, 40] (log-mels as `log_mel` computes them),
-  lengths int32 [B] -> the same outputs.
+- `transcribe_features`: features float32 [B, T, 40] (log-mels as `log_mel` computes them) or
+  [B, T, 13] (Sphinx cepstra, AN4's features), lengths int32 [B] -> the same outputs.
 Bad requests give InvalidArgument errors naming the problem (parameter ranges, not a WAV file,
 wrong sample rate, empty audio, wrong feature size), never a crash.
 
 Each wav is checked (RIFF/WAVE header, the model's sample rate, at least one sample), decoded
 with `tf.audio.decode_wav` (16-bit PCM; first channel, as the training sources read it) and
-featurised exactly as in training: `speech_features.log_mel` then `normalise` over the
-utterance. `transcribe_features` takes the log-mels and normalises each utterance over its own
-`lengths` frames, as training does with precomputed features. Decoding is `greedy` (a
-`tf.while_loop` of at most `max_decode_len` characters); a transcript stops at its `<eos>`.
+featurised exactly as in training: `speech_features.log_mel`, then the model's normalisation
+(`ListenAttendSpell.normalise`: each utterance over its own frames, or the training split's
+mean and std saved with the weights under --feature_norm=global). `transcribe_features` takes
+the log-mels (not normalised) and normalises them the same way over their `lengths` frames.
+Decoding is `greedy` (a `tf.while_loop` of at most `max_decode_len` characters); a transcript
+stops at its `<eos>`.
 """
 
 import keras
 import tensorflow as tf
 
-from pipelines import speech_features
+from pipelines import an4, speech_features
 from pipelines.speech_features import N_MELS, CharVocab
 from tfawd.core.serving import export_name, save_version, write_models_config
 from tfawd.nn import fusion
@@ -48,7 +50,7 @@ class SpeechSignatures:
                                          "wav has no samples")]
         with tf.control_dependencies(checks):
             audio = tf.identity(audio[:, 0])
-        return speech_features.normalise(speech_features.log_mel(audio, self.sample_rate))
+        return speech_features.log_mel(audio, self.sample_rate)  # normalised by the model
 
     def _decode(self, features, frames):
         tokens, scores, attention = self.model.greedy(features, frames, self.max_len)
@@ -63,15 +65,21 @@ class SpeechSignatures:
     def transcribe_wav(self, wav):
         feats = tf.map_fn(self._featurise, wav, fn_output_signature=tf.RaggedTensorSpec(
             [None, N_MELS], tf.float32, ragged_rank=0))
-        return self._decode(feats.to_tensor(), tf.cast(feats.row_lengths(), tf.int32))
+        frames = tf.cast(feats.row_lengths(), tf.int32)
+        return self._decode(self.model.normalise(feats.to_tensor(), frames), frames)
 
     def transcribe_features(self, features, lengths):
+        """features: log-mels [B, T, 40] as `log_mel` computes them, or Sphinx cepstra
+        [B, T, 13] (AN4's .mfc frames), turned into log-mels by the inverse DCT the AN4 reader
+        uses (`pipelines.an4.to_logmel`); not normalised (the model does it)."""
         shape = tf.shape(features)
+        bands = shape[-1]
         checks = [
             tf.debugging.assert_equal(tf.rank(features), 3, message="features must be "
-                                      "[batch, frames, 40]"),
-            tf.debugging.assert_equal(shape[-1], N_MELS, message=f"features must have "
-                                      f"{N_MELS} log-mel bands in the last dimension"),
+                                      "[batch, frames, bands]"),
+            tf.debugging.Assert((bands == N_MELS) | (bands == an4.N_CEPSTRA), [
+                f"features must have {N_MELS} log-mel bands or {an4.N_CEPSTRA} Sphinx cepstra "
+                "(AN4's .mfc frames) in the last dimension"]),
             tf.debugging.assert_equal(tf.shape(lengths)[0], shape[0], message="lengths must "
                                       "have one entry per utterance of features"),
             tf.debugging.assert_positive(lengths, message="lengths must be >= 1 (zero-length "
@@ -79,23 +87,21 @@ class SpeechSignatures:
             tf.debugging.assert_less_equal(lengths, shape[1], message="lengths must be at most "
                                            "the frames dimension of features")]
         with tf.control_dependencies(checks):
+            to_logmel = tf.constant(an4.CEPSTRA_TO_LOGMEL, tf.float32)
+            features = tf.cond(bands == an4.N_CEPSTRA,
+                               lambda: tf.einsum("btc,cm->btm", features, to_logmel),
+                               lambda: tf.identity(features))
             features = tf.ensure_shape(features, [None, None, N_MELS])
             lengths = tf.identity(lengths)
-
-        def one(args):
-            feats, n = args
-            normed = speech_features.normalise(feats[:n])
-            return tf.pad(normed, [[0, tf.shape(feats)[0] - n], [0, 0]])
-
-        normed = tf.map_fn(one, (features, lengths), fn_output_signature=tf.TensorSpec(
-            [None, N_MELS], tf.float32))
-        return self._decode(normed, lengths)
+        return self._decode(self.model.normalise(features, lengths), lengths)
 
 
 def export_speech_model(model, char_vocab, sample_rate: int, max_decode_len: int,
                         base_dir: str, name: str) -> str:
     """Writes the recogniser `model` as the next version of `<base_dir>/<name>`, traced with
-    standard kernels only (`tfawd.nn.fusion`)."""
+    standard kernels only (`tfawd.nn.fusion`). `sample_rate` 0: a model trained on precomputed
+    features (AN4's cepstra), whose features no wav front end here reproduces: exported with
+    `transcribe_features` only (also its serving_default)."""
     with fusion.standard_kernels():
         return _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name)
 
@@ -105,8 +111,9 @@ def _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name):
     archive = keras.export.ExportArchive()
     # no track(model): LAS has no call(), so Keras never marks it built; the endpoints
     # capture its variables, which ExportArchive saves.
-    archive.add_endpoint("transcribe_wav", sig.transcribe_wav,
-                         [tf.TensorSpec([None], tf.string, name="wav")])
+    if sample_rate:  # a model trained on features only (AN4: no audio) has no wav front end
+        archive.add_endpoint("transcribe_wav", sig.transcribe_wav,
+                             [tf.TensorSpec([None], tf.string, name="wav")])
     archive.add_endpoint("transcribe_features", sig.transcribe_features,
                          [tf.TensorSpec([None, None, None], tf.float32, name="features"),
                           tf.TensorSpec([None], tf.int32, name="lengths")])

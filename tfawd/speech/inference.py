@@ -24,7 +24,7 @@ def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
                               cfg.speller_units, cfg.attention_dim, cfg.char_embed_dim,
                               cfg.pyramid_layers, cfg.frame_stack, cfg.attention_window,
                               cfg.attention_window_back, cfg.max_chars_per_frame,
-                              cfg.ctc_weight)
+                              cfg.ctc_weight, cfg.attention, cfg.feature_norm)
     model.teacher_forced(tf.zeros([1, 4, speech_features.N_MELS]), tf.constant([4]),
                          tf.constant([[vocab.eos_id]]))
     return model
@@ -51,7 +51,8 @@ MODEL_FLAGS = {"listener_units": "listener_units", "frame_stack": "frame_stack",
                "attention_dim": "attention_dim", "char_embed_dim": "embed_dim",
                "attention_window": "attention_window",
                "attention_window_back": "attention_window_back",
-               "max_chars_per_frame": "max_chars_per_frame", "ctc_weight": "ctc_weight"}
+               "max_chars_per_frame": "max_chars_per_frame", "ctc_weight": "ctc_weight",
+               "attention": "attention", "feature_norm": "feature_norm"}
 
 
 def _saved_model_flags(cfg) -> dict | None:
@@ -106,35 +107,36 @@ class Recognizer:
         self._decode = make_decoder(model, cfg.max_decode_len, cfg.beam_size)
 
     def features(self, wav_path: str):
-        """Log-mels of one WAV file at the model's sample rate, normalised as in training."""
+        """Log-mels of one WAV file at the model's sample rate (not yet normalised)."""
+        if not self.sample_rate:
+            raise ValueError(f"{self.cfg.model_dir} was trained on precomputed features "
+                             f"(--dataset={self.cfg.dataset}, no audio): it cannot transcribe "
+                             f"wav files; serve its export's transcribe_features")
         audio, rate = tf.audio.decode_wav(tf.io.read_file(wav_path))
         if int(rate) != self.sample_rate:
             raise ValueError(f"{wav_path}: {int(rate)} Hz, the model was trained on "
                              f"{self.sample_rate} Hz audio; resample it first")
-        return speech_features.normalise(speech_features.log_mel(audio[:, 0], self.sample_rate))
+        return speech_features.log_mel(audio[:, 0], self.sample_rate)
 
     def transcribe(self, wav_paths) -> list:
         feats = [self.features(p) for p in wav_paths]
         frames = tf.constant([int(f.shape[0]) for f in feats], tf.int32)
         batch = tf.stack([tf.pad(f, [[0, int(max(frames)) - f.shape[0]], [0, 0]])
                           for f in feats])
-        tokens, _, _ = self._decode(batch, frames)
+        tokens, _, _ = self._decode(self.model.normalise(batch, frames), frames)
         return [self.vocab.decode(t) for t in tokens.numpy()]
 
 
 def sample_rate_of(cfg) -> int:
     """The sample rate the run of `cfg.model_dir` trained on (its results.json), else the one
-    of its --dataset."""
+    of its --dataset; 0 for data without audio (precomputed features, e.g. AN4)."""
     results = RunDir(cfg.model_dir).results
-    rate = 0
     if os.path.exists(results):
-        rate = int(files.read_json(results, fix=FIX_RESULTS).get("sample_rate") or 0)
-    if not rate:
-        from tfawd.speech.data import sources
-        rate = sources(cfg)[1]
-    if not rate:
-        raise ValueError(f"--dataset={cfg.dataset} has no audio: its sample rate is unknown")
-    return rate
+        recorded = files.read_json(results, fix=FIX_RESULTS)
+        if "sample_rate" in recorded:  # 0: trained on precomputed features
+            return int(recorded["sample_rate"] or 0)
+    from tfawd.speech.data import sources
+    return sources(cfg)[1]
 
 
 def load(model_dir: str, **flags) -> Recognizer:

@@ -12,7 +12,9 @@
   from the diagonal, added to the training loss with --guided_attention.
 - `Speller`: a character embedding and two stacked `LSTMCell`s; each step reads the previous
   character and the previous context, queries the listener and predicts the next character
-  from [h, context].
+  from [h, context]. Its attention is `dot_attention` (the seed's) or, with
+  `attention="location"`, `tfawd.speech.attention.LocationAwareAttention` (Chorowski et al.
+  2015 section 2.1), which also sees the previous step's weights (carried in the state).
 
 Training uses teacher forcing with a scheduled rate (Bengio et al. 2015): each step reads the
 true previous character with probability `teacher_forcing`, else the model's own previous
@@ -23,10 +25,13 @@ decoder caught in a loop stops early on a short utterance.
 import keras
 import tensorflow as tf
 
+from pipelines import speech_features
 from tfawd.core.distribute import replica_rows_of
 from tfawd.nn.layers import WeightDropLSTM
 
 NEG = -1e9
+ATTENTIONS = ("dot", "location")  # --attention
+FEATURE_NORMS = ("utterance", "global")  # --feature_norm
 
 
 def dot_attention(query, keys, values, mask, window=None):
@@ -142,33 +147,48 @@ class Speller(keras.layers.Layer):
     attention argmax (frame 0 before the first step), carried in the state."""
 
     def __init__(self, vocab_size, units=256, embed_dim=64, attention_dim=128, window=0,
-                 window_back=3, **kwargs):
+                 window_back=3, attention="dot", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.units, self.attention_dim = vocab_size, units, attention_dim
         self.window, self.window_back = window, window_back
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention={attention!r}: one of {', '.join(ATTENTIONS)}")
+        self.location = None
+        if attention == "location":
+            from tfawd.speech.attention import LocationAwareAttention
+            self.location = LocationAwareAttention(attention_dim, name="location_attention")
         self.embed = keras.layers.Embedding(vocab_size, embed_dim)
         self.cells = [keras.layers.LSTMCell(units), keras.layers.LSTMCell(units)]
         self.query = keras.layers.Dense(attention_dim, name="query")
         self.hidden = keras.layers.Dense(units, activation="tanh", name="hidden")
         self.char_logits = keras.layers.Dense(vocab_size, name="char_logits")
 
-    def initial_state(self, batch):
+    def initial_state(self, batch, frames=0):
+        """(h1, c1, h2, c2, context, peak, previous weights [B, frames]): location-aware
+        attention's "previous" weights start on frame 0 (`attention.initial_weights`); the
+        dot product does not read them (they are [B, 0] when `frames` is not given)."""
         zeros = tf.zeros([batch, self.units])
+        previous = tf.one_hot(tf.zeros([batch], tf.int32), frames)
         return (zeros, zeros, zeros, zeros, tf.zeros([batch, self.attention_dim]),
-                tf.zeros([batch], tf.int32))
+                tf.zeros([batch], tf.int32), previous)
 
     def step(self, tokens, state, keys, values, mask, training=False):
         """tokens [B] (previous characters) -> (logits [B, V], new state, attention [B, T])."""
-        h1, c1, h2, c2, context, peak = state
+        h1, c1, h2, c2, context, peak, previous = state
         x = tf.concat([self.embed(tokens), context], axis=-1)
         h1, (_, c1) = self.cells[0](x, [h1, c1], training=training)
         h2, (_, c2) = self.cells[1](h1, [h2, c2], training=training)
         window = (attention_window(peak, tf.shape(keys)[1], self.window, self.window_back)
                   if self.window else None)
-        context, weights = dot_attention(self.query(h2), keys, values, mask, window)
+        if self.location is None:
+            context, weights = dot_attention(self.query(h2), keys, values, mask, window)
+        else:
+            context, weights = self.location(h2, keys, values,
+                                             mask if window is None else mask & window,
+                                             previous)
         peak = tf.argmax(weights, axis=-1, output_type=tf.int32)
         logits = self.char_logits(self.hidden(tf.concat([h2, context], axis=-1)))
-        return logits, (h1, c1, h2, c2, context, peak), weights
+        return logits, (h1, c1, h2, c2, context, peak, weights), weights
 
 
 class ListenAttendSpell(keras.Model):
@@ -180,7 +200,8 @@ class ListenAttendSpell(keras.Model):
     def __init__(self, vocab_size, sos_id=1, eos_id=2, listener_units=256, speller_units=256,
                  attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1,
                  attention_window=0, attention_window_back=3, max_chars_per_frame=0.0,
-                 ctc_weight=0.0, **kwargs):
+                 ctc_weight=0.0, attention="dot", feature_norm="utterance", feature_dim=40,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.sos_id, self.eos_id = vocab_size, sos_id, eos_id
         self.ctc_weight = ctc_weight
@@ -188,19 +209,51 @@ class ListenAttendSpell(keras.Model):
         # over the speller's vocabulary with <pad> as the blank (tfawd.speech.ctc).
         self.ctc_head = keras.layers.Dense(vocab_size, name="ctc_logits") if ctc_weight else None
         self.max_chars_per_frame = max_chars_per_frame
+        # Global CMVN: the training split's per-band mean and std, saved with the weights (in
+        # every checkpoint and export); `normalise` applies them (or per-utterance CMVN).
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm={feature_norm!r}: one of {', '.join(FEATURE_NORMS)}")
+        self.feature_norm = feature_norm
+        if feature_norm == "global":
+            self.feature_mean = self.add_weight(shape=(feature_dim,), initializer="zeros",
+                                                trainable=False, name="feature_mean")
+            self.feature_std = self.add_weight(shape=(feature_dim,), initializer="ones",
+                                               trainable=False, name="feature_std")
         self.listener = Listener(listener_units, attention_dim, pyramid_layers, frame_stack)
         self.speller = Speller(vocab_size, speller_units, embed_dim, attention_dim,
-                               attention_window, attention_window_back)
+                               attention_window, attention_window_back, attention)
         self._config = dict(vocab_size=vocab_size, sos_id=sos_id, eos_id=eos_id,
                             listener_units=listener_units, speller_units=speller_units,
                             attention_dim=attention_dim, embed_dim=embed_dim,
                             pyramid_layers=pyramid_layers, frame_stack=frame_stack,
                             attention_window=attention_window,
                             attention_window_back=attention_window_back,
-                            max_chars_per_frame=max_chars_per_frame, ctc_weight=ctc_weight)
+                            max_chars_per_frame=max_chars_per_frame, ctc_weight=ctc_weight,
+                            attention=attention, feature_norm=feature_norm,
+                            feature_dim=feature_dim)
 
     def get_config(self):
         return {**super().get_config(), **self._config}
+
+    def set_feature_stats(self, mean, std):
+        """Global CMVN's statistics (the training split's), kept with the weights."""
+        self.feature_mean.assign(mean)
+        self.feature_std.assign(std)
+
+    def normalise(self, features, frames):
+        """Raw features [B, T, D] (e.g. log-mels) -> as the model was trained on them: by the
+        training statistics (global) or each utterance over its own `frames` (utterance);
+        padded frames zero."""
+        if self.feature_norm == "global":
+            mask = tf.sequence_mask(frames, tf.shape(features)[1], features.dtype)[:, :, None]
+            return (features - self.feature_mean) / self.feature_std * mask
+
+        def one(args):
+            feats, n = args
+            return tf.pad(speech_features.normalise(feats[:n]),
+                          [[0, tf.shape(feats)[0] - n], [0, 0]])
+        return tf.map_fn(one, (features, frames),
+                         fn_output_signature=tf.TensorSpec(features.shape[1:], features.dtype))
 
     def listen(self, features, frames, training=False):
         mask = tf.sequence_mask(frames, tf.shape(features)[1])
@@ -231,7 +284,7 @@ class ListenAttendSpell(keras.Model):
         use_truth = replica_rows_of(  # one process's draw, also over several replicas
             lambda rows: tf.random.stateless_uniform([rows, length], seed), batch
         ) < teacher_forcing
-        state = self.speller.initial_state(batch)
+        state = self.speller.initial_state(batch, tf.shape(keys)[1])
         logits_ta = tf.TensorArray(tf.float32, size=length)
         attn_ta = tf.TensorArray(tf.float32, size=length)
         previous = inputs[:, 0]
@@ -262,7 +315,8 @@ class ListenAttendSpell(keras.Model):
             return (t + 1, nxt, state, done | (nxt == self.eos_id), score,
                     tokens_ta.write(t, nxt), attn_ta.write(t, weights))
 
-        init = (tf.constant(0), tf.fill([batch], self.sos_id), self.speller.initial_state(batch),
+        init = (tf.constant(0), tf.fill([batch], self.sos_id),
+                self.speller.initial_state(batch, tf.shape(keys)[1]),
                 tf.zeros([batch], tf.bool), tf.zeros([batch]),
                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None]),
                 tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[None, None]))
@@ -313,7 +367,8 @@ class ListenAttendSpell(keras.Model):
 
         first = tf.tile(tf.concat([[0.0], tf.fill([k - 1], NEG)], 0), [batch])  # one live beam
         init = (tf.constant(0), tf.fill([batch * k], self.sos_id),
-                self.speller.initial_state(batch * k), tf.zeros([batch * k], tf.bool), first,
+                self.speller.initial_state(batch * k, frames_out), tf.zeros([batch * k], tf.bool),
+                first,
                 tf.fill([batch * k, max_len], self.eos_id),
                 tf.zeros([batch * k, max_len, frames_out]))
         _, _, _, _, score, tokens, attn = tf.while_loop(

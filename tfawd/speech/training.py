@@ -112,9 +112,11 @@ class SpeechTask(TrainingTask):
 
     def __init__(self, cfg, distribution: distribute.Distribution):
         self.cfg, self.vocab = cfg, CharVocab()
-        self.data, self.sample_rate = featurized(cfg, self.vocab)
+        self.data, self.sample_rate, stats = featurized(cfg, self.vocab)
         with distribution.scope():  # the weights mirrored over the replicas
             self.model = model = build_las(cfg, self.vocab)
+        if stats is not None:  # global CMVN: saved with the weights (a resume restores them)
+            model.set_feature_stats(*stats)
         strategy = distribution.strategy
         with strategy.scope():  # slots as the weights
             self.optimizer = Adam(cfg.lr, global_clipnorm=cfg.clip or None,
