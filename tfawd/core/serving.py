@@ -15,7 +15,9 @@ warning; a version folder without `saved_model.pb` (not ours: ours are renamed w
 a warning, since TF Serving would try to serve it until a newer version exists.
 
 The signatures are the model family's: `tfawd.lm.export` (next_words, score, generate) and
-`tfawd.speech.export` (transcribe_wav, transcribe_features).
+`tfawd.speech.export` (transcribe_wav, transcribe_features); each family also gives warm-up
+requests for them, written to `assets.extra/tf_serving_warmup_requests` (`tfawd.core.warmup`),
+which TF Serving replays before it serves a new version.
 """
 import os
 import re
@@ -25,6 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfawd.core import files
+from tfawd.core.warmup import write_warmup
 
 SERVING_ROOT = "/models"  # where docker's tensorflow/serving sees the export folder
 
@@ -67,8 +70,10 @@ def check_export_dir(base_dir: str, name: str) -> str:
     return folder
 
 
-def save_version(archive, base_dir: str, name: str) -> str:
-    """Writes a `keras.export.ExportArchive` as the next version of `name`; returns its path."""
+def save_version(archive, base_dir: str, name: str, warmup_requests=()) -> str:
+    """Writes a `keras.export.ExportArchive` as the next version of `name`, with
+    `warmup_requests` [(signature, {input: array})] as its TF Serving warm-up file
+    (`tfawd.core.warmup`); returns its path."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '-' or '.'")
     check_export_dir(base_dir, name)
@@ -85,6 +90,8 @@ def save_version(archive, base_dir: str, name: str) -> str:
         raise ValueError(f"could not write the SavedModel {path} "
                          f"({reason.splitlines()[0] if reason else type(e).__name__}); "
                          f"free space or choose another --export_dir") from None
+    if warmup_requests:
+        write_warmup(partial, name, warmup_requests)
     os.rename(partial, path)
     return path
 

@@ -159,7 +159,23 @@ def _export(model, vocab, base_dir, name, max_words):
         spec([None], tf.string, name="prompt"), spec([], tf.int32, name="num_tokens"),
         spec([], tf.float32, name="temperature"), spec([], tf.int32, name="top_k"),
         spec([], tf.float32, name="top_p"), spec([], tf.int64, name="seed")])
-    return save_version(archive, base_dir, name)
+    return save_version(archive, base_dir, name, warmup_requests(vocab))
+
+
+def warmup_requests(vocab) -> list:
+    """A request per signature, at batch 1 and 4 (TF Serving replays them on load), made of
+    the vocabulary's first words."""
+    words = ([w for w in vocab.words if not w.startswith("<")][:8] or ["a"]) * 8
+    texts = [" ".join(words[i:i + 3]).encode() for i in range(4)]
+    out = []
+    for batch in (texts[:1], texts):
+        out += [("next_words", {"text": np.array(batch), "k": np.array(5, np.int32)}),
+                ("score", {"text": np.array(batch)}),
+                ("generate", {"prompt": np.array(batch), "num_tokens": np.array(5, np.int32),
+                              "temperature": np.array(1.0, np.float32),
+                              "top_k": np.array(0, np.int32), "top_p": np.array(1.0, np.float32),
+                              "seed": np.array(0, np.int64)})]
+    return out
 
 
 def export_run(cfg) -> str:

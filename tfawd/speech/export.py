@@ -18,6 +18,7 @@ stops at its `<eos>`.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipelines import an4, speech_features
@@ -117,7 +118,27 @@ def _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name):
     archive.add_endpoint("transcribe_features", sig.transcribe_features,
                          [tf.TensorSpec([None, None, None], tf.float32, name="features"),
                           tf.TensorSpec([None], tf.int32, name="lengths")])
-    return save_version(archive, base_dir, name)
+    return save_version(archive, base_dir, name, warmup_requests(sample_rate))
+
+
+def warmup_requests(sample_rate: int) -> list:
+    """A request per signature at batch 1 and 2 (TF Serving replays them on load): a second of
+    a 440 Hz tone as a 16-bit wav (models with a wav front end), its log-mels as features."""
+    out = []
+    lengths = np.array([100, 60], np.int32)
+    features = np.zeros([2, 100, N_MELS], np.float32)
+    if sample_rate:
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(sample_rate) / sample_rate)
+        wav = tf.audio.encode_wav(tf.constant(tone, tf.float32)[:, None], sample_rate).numpy()
+        out += [("transcribe_wav", {"wav": np.array([wav])}),
+                ("transcribe_wav", {"wav": np.array([wav, wav])})]
+        mels = speech_features.log_mel(tf.constant(tone, tf.float32), sample_rate).numpy()
+        n = min(len(mels), features.shape[1])
+        features[:, :n] = mels[:n]
+        lengths = np.minimum(lengths, n)
+    out += [("transcribe_features", {"features": features[:1], "lengths": lengths[:1]}),
+            ("transcribe_features", {"features": features, "lengths": lengths})]
+    return out
 
 
 def export_run(cfg) -> str:
