@@ -77,3 +77,20 @@ def test_a_path_that_is_not_a_folder_is_refused_in_one_line(tmp_path, what):
     with pytest.raises(ValueError) as e:
         serving.save_version(tiny_archive(), str(base), "m")
     assert "\n" not in str(e.value) and str(named) in str(e.value)
+
+
+def test_the_measured_batching_parameters_go_beside_models_config(tmp_path):
+    """configs/serving/batching_parameters.txt (written by benchmarks/serving_load.py) is a
+    BatchingParameters text proto with the four fields TF Serving reads, copied by the export
+    beside models.config for --enable_batching."""
+    import re
+    text = open(serving.BATCHING_PARAMETERS).read()
+    fields = dict(re.findall(r"^(\w+) \{ value: (\d+) \}$", text, re.M))
+    assert sorted(fields) == ["batch_timeout_micros", "max_batch_size", "max_enqueued_batches",
+                              "num_batch_threads"]
+    assert all(int(v) > 0 for v in fields.values())
+    assert text.startswith("# TF Serving --batching_parameters_file, from "
+                           "benchmarks/serving_load.py on ")
+    serving.save_version(tiny_archive(), str(tmp_path), "m")
+    serving.write_models_config(str(tmp_path))
+    assert (tmp_path / "batching_parameters.txt").read_text() == text

@@ -30,6 +30,9 @@ from tfawd.core import files
 from tfawd.core.warmup import write_warmup
 
 SERVING_ROOT = "/models"  # where docker's tensorflow/serving sees the export folder
+# TF Serving's --batching_parameters_file, measured by benchmarks/serving_load.py
+BATCHING_PARAMETERS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs", "serving", "batching_parameters.txt")
 
 
 def next_version(base_dir: str, name: str) -> int:
@@ -98,7 +101,9 @@ def save_version(archive, base_dir: str, name: str, warmup_requests=()) -> str:
 
 def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     """`<base_dir>/models.config` listing every model folder of `base_dir` (one with integer
-    version folders), with base_path `<serving_root>/<name>` (None: this machine's paths)."""
+    version folders), with base_path `<serving_root>/<name>` (None: this machine's paths); and
+    beside it `batching_parameters.txt`, a copy of `configs/serving/batching_parameters.txt`
+    (when the checkout has it), for TF Serving's `--enable_batching`."""
     names = sorted(d for d in os.listdir(base_dir)
                    if os.path.isdir(os.path.join(base_dir, d)) and os.access(
                        os.path.join(base_dir, d), os.R_OK | os.X_OK)
@@ -108,6 +113,9 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
                       f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
     path = os.path.join(base_dir, "models.config")
     files.write_text(path, f"model_config_list {{\n{entries}}}\n")
+    if os.path.exists(BATCHING_PARAMETERS):  # beside it, for --enable_batching
+        with open(BATCHING_PARAMETERS) as f:
+            files.write_text(os.path.join(base_dir, "batching_parameters.txt"), f.read())
     return path
 
 
