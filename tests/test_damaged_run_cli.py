@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import make_tiny_corpus
 from tests.test_damage_matrix import _damage, _resolve
+from tests.test_export_dir import NOT_FOLDERS, not_a_folder
 from tests.test_main_flags import our_stderr_lines, run_main
 from tests.test_training import tiny_cfg
 from tfawd.lm.training import train
@@ -71,20 +72,10 @@ def test_best_weights_gone_fall_back_to_the_latest_in_one_warning(trained, tmp_p
     assert len(warnings) == 1 and str(run / "best") in warnings[0], proc.stdout
 
 
-@pytest.mark.parametrize("damage", ["export_dir is a file", "model folder is a file",
-                                    "models.config is a folder"])
+@pytest.mark.parametrize("damage", NOT_FOLDERS)
 def test_export_into_a_damaged_export_folder_is_refused_in_one_line(trained, tmp_path, damage):
     export_dir = tmp_path / "export"
-    if damage == "export_dir is a file":
-        export_dir.write_text("not a folder")
-        named = export_dir
-    elif damage == "model folder is a file":
-        export_dir.mkdir()
-        named = export_dir / "served"
-        named.write_text("not a folder")
-    else:
-        named = export_dir / "models.config"
-        named.mkdir(parents=True)
+    named = not_a_folder(export_dir, damage, "served")
     proc = run_main(f"--model_dir={trained / 'run'}", "--mode=export",
                     f"--export_dir={export_dir}", "--export_name=served")
     ours = our_stderr_lines(proc.stderr)

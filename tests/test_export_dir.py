@@ -61,19 +61,28 @@ def test_a_damaged_models_config_is_rewritten_whole(tmp_path):
     assert "name: 'm'" in text
 
 
-@pytest.mark.parametrize("what", ["export_dir", "model folder", "models.config"])
+NOT_FOLDERS = ("export_dir", "model folder", "models.config")
+
+
+def not_a_folder(base, what, name):
+    """Damages the export folder `base` for model `name` as `what` (one of NOT_FOLDERS): the
+    export folder or the model's folder is a file, or models.config is a folder; returns the
+    path the refusal must name."""
+    if what == "export_dir":
+        base.write_text("not a folder")
+        return base
+    if what == "model folder":
+        base.mkdir()
+        (base / name).write_text("not a folder")
+        return base / name
+    (base / "models.config").mkdir(parents=True)
+    return base / "models.config"
+
+
+@pytest.mark.parametrize("what", NOT_FOLDERS)
 def test_a_path_that_is_not_a_folder_is_refused_in_one_line(tmp_path, what):
     base = tmp_path / "export"
-    if what == "export_dir":
-        base.write_text("x")
-        named = base
-    elif what == "model folder":
-        base.mkdir()
-        named = base / "m"
-        named.write_text("x")
-    else:
-        named = base / "models.config"
-        named.mkdir(parents=True)
+    named = not_a_folder(base, what, "m")
     with pytest.raises(ValueError) as e:
         serving.save_version(tiny_archive(), str(base), "m")
     assert "\n" not in str(e.value) and str(named) in str(e.value)
