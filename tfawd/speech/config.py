@@ -87,11 +87,12 @@ class SpeechConfig(RunFlags):
                                       " about 0.6/T for uniform attention. 0: off.")
     guided_attention_width: float = _f(0.2, "LAS: g of --guided_attention (a fraction of the "
                                             "utterance).")
-    ctc_decode_weight: float = _f(0.3, "LAS with a CTC head (--ctc_weight > 0): weight of the "
+    ctc_decode_weight: float = _f(0.5, "LAS with a CTC head (--ctc_weight > 0): weight of the "
                                        "CTC prefix score in the joint beam search (Watanabe et "
                                        "al. 2017 section 3.3), scored as the 'joint' decoder "
                                        "beside greedy and beam; the CTC head alone is scored "
-                                       "as 'ctc'. 0: no joint decoding.")
+                                       "as 'ctc'. 0: no joint decoding. 0.5 was best of "
+                                       "0.1-0.7 on AN4's validation split.")
     max_decode_len: int = _f(120, "LAS: longest decoded transcript, in characters.")
     max_chars_per_frame: float = _f(0.0, "LAS: decoding also stops after ceil(input frames x "
                                          "this) characters incl. <eos> (a looping decoder "
