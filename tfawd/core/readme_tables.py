@@ -25,6 +25,15 @@ PUBLISHED = [  # (source, model, val ppl, test ppl) on WikiText-2
     ("Krause et al. 2018", "AWD-LSTM + dynamic evaluation", 46.4, 44.3),
 ]
 
+PUBLISHED_SPEECH = [  # (source, system, data, test CER, test WER) on AN4's 130 test utterances
+    ("ESPnet egs/an4 (audio)", "VGG-BLSTMP, location attention + joint CTC 0.5", "an4", "15.3%",
+     "-"),
+    ("ESPnet egs/an4 (audio)", "the same recipe decoded by attention alone", "an4", "70.6%", "-"),
+    ("ESPnet egs/an4 (audio)", "the same recipe's CTC alone", "an4", "12.6%", "-"),
+    ("ESPnet egs2/an4 (audio)", "Transformer + CTC 0.3 + speed perturbation", "an4", "3.6%",
+     "7.4%"),
+]
+
 
 def _load(path):
     with open(path) as f:
@@ -242,11 +251,64 @@ def speech_table(results_dir: str = "results") -> str:
     return "\n".join(lines)
 
 
+def _spread(stat) -> str:
+    """'5.42% (5.10-5.74%)': the mean over the seeds (min-max)."""
+    return f"{stat['mean']:.2%} ({stat['min']:.2%}-{stat['max']:.2%})"
+
+
+def seeds_table(results_dir: str = "results") -> str:
+    """One row per decoding of each several-seed run (benchmarks/seed_spread.py)."""
+    spreads = [(p, _load(p)) for p in sorted(glob.glob(os.path.join(results_dir, "*.json")))]
+    spreads = [(p, r) for p, r in spreads
+               if isinstance(r, dict) and r.get("benchmark") == "seed_spread"]
+    if not spreads:
+        return ""
+    lines = ["Several seeds of one config (benchmarks/seed_spread.py): the mean over the seeds "
+             "with the range (min-max) in brackets. Decodings: greedy and beam use the "
+             "attention decoder alone; ctc the CTC head alone (prefix beam search); joint the "
+             "beam search scoring each prefix by attention and CTC (`--ctc_decode_weight`). "
+             "Test speakers are never heard in training; valid holds out training speakers.",
+             "", "| data | seeds | decoding | valid CER | test CER | test WER | held-out "
+             "speaker CER | diagonality | training per seed | machine | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path, r in spreads:
+        name = os.path.basename(path)[:-len(".json")]
+        summary, seeds = r["summary"], ", ".join(map(str, r["seeds"]))
+        diag = summary.get("diagonality_monotonic")
+        diag = f"{diag['mean']:.1%}" if diag else "-"
+        minutes = summary["train_seconds"]
+        command = r["command"]
+        machines = ", ".join(sorted({f"{machine_class(run['machine'])} ({run['machine']['cpu']}"
+                                     f", {run['machine']['cores']} cores)"
+                                     for run in r["runs"].values()}))
+        for decoding in ("greedy", "beam", "ctc", "joint"):
+            test = summary.get(f"test_{decoding}")
+            if not test:
+                continue
+            valid, heldout = (summary.get(f"{split}_{decoding}") for split in ("valid", "heldout"))
+            lines.append(
+                f"| {r['dataset']} | {seeds} | {decoding} | "
+                f"{_spread(valid['cer']) if valid else '-'} | {_spread(test['cer'])} | "
+                f"{_spread(test['wer'])} | {_spread(heldout['cer']) if heldout else '-'} | "
+                f"{diag} | {minutes['mean'] / 60:.0f} min ({r['conditions']}) | "
+                f"{machines} | `{command}` ([json](results/{name}.json)"
+                + (f", [attention](results/{name}_attention/)" if r.get("attention") else "")
+                + ") |")
+    lines += ["", "Published AN4 figures, for comparison (theirs, from audio; ours start from "
+              "the 13 Sphinx cepstra, the only form of AN4 here):", "",
+              "| source | system | data | test CER | test WER |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {m} | {d} | {c} | {w} |" for s, m, d, c, w in PUBLISHED_SPEECH]
+    return "\n".join(lines)
+
+
 def render(results_dir: str = "results") -> str:
     parts = [START, "", "### Language models", "", results_table(results_dir)]
     speech = speech_table(results_dir)
     if speech:
         parts += ["", "### Speech recognition (Listen-Attend-Spell)", "", speech]
+    seeds = seeds_table(results_dir)
+    if seeds:
+        parts += ["", "#### Several seeds", "", seeds]
     perf = performance_table(results_dir)
     if perf:
         parts += ["", "### Training speed (benchmarks/lm_throughput.py)", "", perf]
