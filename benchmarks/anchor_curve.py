@@ -10,6 +10,7 @@ line) and prints a Markdown table of the run's figures at the anchor's epochs.
       --out=results/awd_lstm_wt2_long_curve.png
 """
 import json
+import os
 
 import common  # first: sys.path and oneDNN
 from absl import app, flags
@@ -18,10 +19,14 @@ from tfawd.core import reporting  # matplotlib set to Agg there
 
 plt = reporting.plt
 
-# Epochs completed -> validation perplexity (GluonNLP's 400/1150 log; the brief's figures).
-GLUONNLP_1150 = {10: 148.0, 25: 102.2, 50: 85.9, 75: 80.6, 83: 79.35, 100: 78.7, 200: 75.7,
-                 750: 68.71}
-SEED_VALID = 80.27
+# Epochs completed -> validation perplexity (GluonNLP's 400/1150 log) and the seed's AWD-LSTM
+# row, from results/published.json.
+with open(os.path.join(common.REPO, "results", "published.json")) as _f:
+    _PUBLISHED = json.load(_f)
+GLUONNLP_1150 = {int(e): p for e, p in
+                 _PUBLISHED["gluonnlp_wikitext2_valid_by_epoch"]["awd_lstm_1150"].items()}
+SEED_VALID = next(p["valid"] for p in _PUBLISHED["wikitext2_ppl"]
+                  if p["source"] == "seed 000" and p["model"] == "AWD-LSTM")
 
 flags.DEFINE_string("history", None, "The run's history.json (or a results/*_history.json).")
 flags.DEFINE_string("out", None, "The PNG to write.")

@@ -1,5 +1,6 @@
 """README tables come from results files: rows per run, sections per evaluation method."""
 import json
+import pathlib
 
 import pytest
 
@@ -19,15 +20,25 @@ def test_a_run_row_shows_its_figures_sections_and_links(tmp_path):
                                 "command": "main.py --flagfile=x --mode=tune_dynamic_eval"}}))
     (tmp_path / "awd_loss_curve.png").write_bytes(b"png")
     (tmp_path / "awd_eval_unrelated.json").write_text(json.dumps({"no": "metrics"}))
+    published = pathlib.Path(__file__).resolve().parents[1] / "results" / "published.json"
+    (tmp_path / "published.json").write_text(published.read_text())
     table = report.results_table(str(tmp_path))
     row = next(line for line in table.splitlines() if line.startswith("| AWD-LSTM"))
     assert ("| AWD-LSTM 200-400/400/200, tied | wikitext2 | 100.00 | 95.50 | 80.00 / 77.25 | - "
             "| 60.00 / 57.50 |") in row
     assert "10 min" in row and "1,234" in row and "python main.py --flagfile=x" in row
+    assert "| not recorded | not recorded |" in row  # an old run without machine/precision
+    (tmp_path / "awd.json").write_text(json.dumps({
+        **RUN, "precision": "mixed_bfloat16", "machine": {
+            "cpu": "AMD EPYC", "cores": 2, "isa": ["avx512f"], "bf16_units": ["avx512_bf16"]}}))
+    row = next(line for line in report.results_table(str(tmp_path)).splitlines()
+               if line.startswith("| AWD-LSTM"))
+    assert "| AVX-512 + AVX512_BF16 (AMD EPYC, 2 cores) | mixed_bfloat16 |" in row
     assert "results/awd_loss_curve.png" in row
     assert ("- awd cache: `python main.py --flagfile=x --mode=tune_cache` (valid 1 min, "
             "test 3 min)") in table
     assert "| Merity et al. 2017 | AWD-LSTM | 68.6 | 65.8 |" in table  # labelled as theirs
+    assert "| seed 000 | AWD-LSTM | 80.27 | 77.11 |" in table  # from results/published.json
 
 
 def test_a_run_with_the_adaptive_softmax_says_so():

@@ -157,6 +157,8 @@ def test_evaluation_modes_add_cache_and_dynamic_eval_sections(tiny_corpus, tmp_p
     results = json.load(open(tmp_path / "run" / "eval_results.json"))
     assert {"plain", "cache", "dynamic_eval"} <= set(results)
     assert all(results[s]["command"] == " ".join(sys.argv) for s in ("plain", "cache"))
+    assert all(results[s]["machine"]["cores"] >= 1 and results[s]["machine"]["cpu"]
+               for s in ("plain", "cache", "dynamic_eval"))  # where each evaluation ran
     assert results["plain"]["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert results["cache"]["test"]["base_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)
     for split in ("valid", "test"):  # evaluate applies the given pair, no search

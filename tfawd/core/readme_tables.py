@@ -7,7 +7,8 @@ Sources, all under `results/`: `<run>.json` (a training run's results.json, copi
 `make train`), `<run>_eval.json` (its eval_results.json: cache pointer, dynamic evaluation,
 both: the cache on top of dynamic evaluation),
 `<run>_loss_curve.png`, and `lm_throughput*.json` (benchmarks/lm_throughput.py). Published
-figures of the seeds and papers are listed apart and labelled as theirs.
+figures of the seeds and papers (`results/published.json`) are listed apart and labelled as
+theirs.
 """
 import glob
 import json
@@ -17,22 +18,13 @@ import sys
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 
-PUBLISHED = [  # (source, model, val ppl, test ppl) on WikiText-2
-    ("seed 000", "2-layer LSTM (base model)", 128.3, 121.7),
-    ("seed 000", "AWD-LSTM", 80.27, 77.11),
-    ("Merity et al. 2017", "AWD-LSTM", 68.6, 65.8),
-    ("Merity et al. 2017", "AWD-LSTM + continuous cache pointer", 53.8, 52.0),
-    ("Krause et al. 2018", "AWD-LSTM + dynamic evaluation", 46.4, 44.3),
-]
+PUBLISHED_FILE = "published.json"  # in the results folder: figures of the seeds and papers
 
-PUBLISHED_SPEECH = [  # (source, system, data, test CER, test WER) on AN4's 130 test utterances
-    ("ESPnet egs/an4 (audio)", "VGG-BLSTMP, location attention + joint CTC 0.5", "an4", "15.3%",
-     "-"),
-    ("ESPnet egs/an4 (audio)", "the same recipe decoded by attention alone", "an4", "70.6%", "-"),
-    ("ESPnet egs/an4 (audio)", "the same recipe's CTC alone", "an4", "12.6%", "-"),
-    ("ESPnet egs2/an4 (audio)", "Transformer + CTC 0.3 + speed perturbation", "an4", "3.6%",
-     "7.4%"),
-]
+
+def published(results_dir: str = "results") -> dict:
+    """The published figures the documents compare with (results/published.json)."""
+    path = os.path.join(results_dir, PUBLISHED_FILE)
+    return _load(path) if os.path.exists(path) else {}
 
 
 def _load(path):
@@ -94,6 +86,7 @@ def run_rows(results_dir: str) -> list:
             "both": _pair(extra.get("dynamic_eval_cache")),
             "epochs": run["epochs_completed"], "minutes": run["train_seconds"] / 60,
             "tokens_per_s": run["train_tokens_per_s"],
+            "machine": _machine(run), "precision": run.get("precision", "not recorded"),
             "curve": os.path.basename(curve) if os.path.exists(curve) else None,
             "eval_commands": [(section, _timed(extra[section]))
                               for section in ("cache", "dynamic_eval")
@@ -112,14 +105,15 @@ def _timed(section: dict) -> str:
 
 def results_table(results_dir: str = "results") -> str:
     lines = ["| model | data | val ppl | test ppl | + cache (val / test) | + dynamic eval "
-             "(val / test) | + both | epochs | training | tokens/s | run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(val / test) | + both | epochs | training | tokens/s | machine | precision | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in run_rows(results_dir):
         curve = f", [loss curve](results/{r['curve']})" if r["curve"] else ""
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['val']:.2f} | {r['test']:.2f} | {r['cache']} "
             f"| {r['dynamic']} | {r['both']} | {r['epochs']} | {r['minutes']:.0f} min | "
-            f"{r['tokens_per_s']:,.0f} | `{r['command']}` ([json](results/{r['name']}.json)"
+            f"{r['tokens_per_s']:,.0f} | {r['machine']} | {r['precision']} | "
+            f"`{r['command']}` ([json](results/{r['name']}.json)"
             f"{curve}) |")
     evals = [f"- {r['name']} {section.replace('_', ' ')}: {text}"
              for r in run_rows(results_dir) for section, text in r["eval_commands"]]
@@ -127,8 +121,17 @@ def results_table(results_dir: str = "results") -> str:
         lines += ["", "Evaluation extras, run on the trained model:", ""] + evals
     lines += ["", "Published figures, for comparison (theirs, not produced here):", "",
               "| source | model | val ppl | test ppl |", "|---|---|---|---|"]
-    lines += [f"| {s} | {m} | {v} | {t} |" for s, m, v, t in PUBLISHED]
+    lines += [f"| {p['source']} | {p['model']} | {p['valid']} | {p['test']} |"
+              for p in published(results_dir).get("wikitext2_ppl", [])]
     return "\n".join(lines)
+
+
+def _machine(run: dict) -> str:
+    """'AVX-512 + AVX512_BF16 (AMD EPYC, 2 cores)': the machine a run recorded."""
+    m = run.get("machine")
+    if not isinstance(m, dict):
+        return "not recorded"
+    return f"{machine_class(m)} ({m.get('cpu', '?')}, {m.get('cores', '?')} cores)"
 
 
 def machine_class(m: dict) -> str:
@@ -237,8 +240,9 @@ def speech_table(results_dir: str = "results") -> str:
              "heard in training. Diagonality: share of decoder steps whose attention peak does "
              "not move backwards (first 10 validation utterances; in brackets, moving back by "
              "at most a few encoder frames allowed).", "",
-             "| data | valid | test | held-out speaker | diagonality | epochs | training | run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| data | valid | test | held-out speaker | diagonality | epochs | training | machine "
+             "| run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for path, r in runs:
         name = os.path.basename(path)[:-len(".json")]
         command = shown_command(r)
@@ -246,7 +250,7 @@ def speech_table(results_dir: str = "results") -> str:
             f"| {r['dataset']} | {_rates(r, 'valid')} | {_rates(r, 'test')} | "
             f"{_rates(r, 'heldout')} | {_diagonality(r['diagonality_first10'])} | "
             f"{r.get('epochs_completed', r.get('epochs'))} | "
-            f"{r['train_seconds'] / 60:.0f} min | `{command}` "
+            f"{r['train_seconds'] / 60:.0f} min | {_machine(r)} | `{command}` "
             f"([json](results/{name}.json), [attention](results/{name}_attention/)) |")
     return "\n".join(lines)
 
@@ -278,9 +282,7 @@ def seeds_table(results_dir: str = "results") -> str:
         diag = f"{diag['mean']:.1%}" if diag else "-"
         minutes = summary["train_seconds"]
         command = r["command"]
-        machines = ", ".join(sorted({f"{machine_class(run['machine'])} ({run['machine']['cpu']}"
-                                     f", {run['machine']['cores']} cores)"
-                                     for run in r["runs"].values()}))
+        machines = ", ".join(sorted({_machine(run) for run in r["runs"].values()}))
         for decoding in ("greedy", "beam", "ctc", "joint"):
             test = summary.get(f"test_{decoding}")
             if not test:
@@ -297,7 +299,9 @@ def seeds_table(results_dir: str = "results") -> str:
     lines += ["", "Published AN4 figures, for comparison (theirs, from audio; ours start from "
               "the 13 Sphinx cepstra, the only form of AN4 here):", "",
               "| source | system | data | test CER | test WER |", "|---|---|---|---|---|"]
-    lines += [f"| {s} | {m} | {d} | {c} | {w} |" for s, m, d, c, w in PUBLISHED_SPEECH]
+    lines += [f"| {p['source']} | {p['system']} | an4 | {p['cer']}% | "
+              + (f"{p['wer']}% |" if p["wer"] is not None else "- |")
+              for p in published(results_dir).get("an4_test", {}).get("systems", [])]
     return "\n".join(lines)
 
 

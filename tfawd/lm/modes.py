@@ -19,7 +19,7 @@ import sys
 import typing
 
 from pipelines.lm_corpus import Corpus, load_corpus
-from tfawd.core import files, reporting
+from tfawd.core import files, reporting, runtime
 from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_flags import FIX_FLAGS
@@ -70,7 +70,8 @@ def _record(cfg, section: str, payload: dict) -> str:
     if os.path.exists(path):
         results = files.read_json(path, fix="move it aside (earlier evaluation results are in "
                                   "it) and run the command again")
-    results[section] = {**payload, "command": " ".join(sys.argv)}
+    results[section] = {**payload, "command": " ".join(sys.argv),
+                        "machine": runtime.machine()}  # where this evaluation ran
     results["versions"] = reporting.versions()
     reporting.write_json(path, results)
     return path
