@@ -105,8 +105,9 @@ def summarise(runs: dict) -> dict:
         if all(name in r.get("diagonality_first10", {}) for r in results):
             summary[f"diagonality_{name}"] = stats([r["diagonality_first10"][name]
                                                     for r in results])
-    for name in ("epochs_completed", "steps", "train_seconds"):
-        summary[name] = stats([r[name] for r in results])
+    for name in ("epochs_completed", "steps", "train_seconds", "wall_seconds_this_run"):
+        if all(name in r for r in results):
+            summary[name] = stats([r[name] for r in results])
     return summary
 
 
@@ -125,7 +126,8 @@ def main():
     result = {**common.record("seed_spread"), "config": FLAGS.config, "dataset": first["dataset"],
               "model": f"{first['model']} x {len(seeds)} seeds", "seeds": seeds,
               "conditions": ("side by side, " if FLAGS.parallel else "one after another, ")
-              + (f"{FLAGS.threads_per_run} thread(s) each" if FLAGS.parallel else "all cores"),
+              + (f"{FLAGS.threads_per_run} thread{'s' * (FLAGS.threads_per_run > 1)} each"
+                 if FLAGS.parallel else "all cores"),
               "summary": summarise(runs), "runs": runs}
     stem = os.path.splitext(FLAGS.out)[0]
     attention = os.path.join(dirs[0], "attention")

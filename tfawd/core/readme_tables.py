@@ -280,22 +280,25 @@ def seeds_table(results_dir: str = "results") -> str:
         summary, seeds = r["summary"], ", ".join(map(str, r["seeds"]))
         diag = summary.get("diagonality_monotonic")
         diag = f"{diag['mean']:.1%}" if diag else "-"
-        minutes = summary["train_seconds"]
-        command = r["command"]
+        minutes = f"{summary['train_seconds']['mean'] / 60:.0f} min"
+        if "wall_seconds_this_run" in summary:  # validations and decoding included
+            minutes += f" ({summary['wall_seconds_this_run']['mean'] / 60:.0f} min in all)"
+        command = f"`{r['command']}`"
         machines = ", ".join(sorted({_machine(run) for run in r["runs"].values()}))
         for decoding in ("greedy", "beam", "ctc", "joint"):
             test = summary.get(f"test_{decoding}")
             if not test:
                 continue
+            run = (f"{command} ([json](results/{name}.json)"
+                   + (f", [attention](results/{name}_attention/)" if r.get("attention") else "")
+                   + ")")
+            command = "the same runs"
             valid, heldout = (summary.get(f"{split}_{decoding}") for split in ("valid", "heldout"))
             lines.append(
                 f"| {r['dataset']} | {seeds} | {decoding} | "
                 f"{_spread(valid['cer']) if valid else '-'} | {_spread(test['cer'])} | "
                 f"{_spread(test['wer'])} | {_spread(heldout['cer']) if heldout else '-'} | "
-                f"{diag} | {minutes['mean'] / 60:.0f} min ({r['conditions']}) | "
-                f"{machines} | `{command}` ([json](results/{name}.json)"
-                + (f", [attention](results/{name}_attention/)" if r.get("attention") else "")
-                + ") |")
+                f"{diag} | {minutes}, {r['conditions']} | {machines} | {run} |")
     lines += ["", "Published AN4 figures, for comparison (theirs, from audio; ours start from "
               "the 13 Sphinx cepstra, the only form of AN4 here):", "",
               "| source | system | data | test CER | test WER |", "|---|---|---|---|---|"]
