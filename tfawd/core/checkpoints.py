@@ -118,14 +118,14 @@ def repair_state(folder: str) -> None:
     """Rewrites `folder/checkpoint` from the `*.index` files present when it cannot be parsed
     (a documented fallback: the state file is only an index of the checkpoints)."""
     state = os.path.join(folder, "checkpoint")
-    if not os.path.exists(state):
+    if not files.exists(state):
         return
     try:
         tf.train.get_checkpoint_state(folder)
         return
     except Exception as e:  # text-proto parse, decoding: whatever a damaged file raises
         reason = first_line(e, 100)
-    prefixes = sorted((f[:-len(".index")] for f in os.listdir(folder) if f.endswith(".index")),
+    prefixes = sorted((f[:-len(".index")] for f in files.listdir(folder) if f.endswith(".index")),
                       key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit()
                       else -1)
     print(f"warning: {state} cannot be read ({reason}); rebuilt from the {len(prefixes)} "
@@ -179,12 +179,11 @@ def restore_newest(checkpoint, paths: list, folder: str) -> str:
 def read_history(path: str, upto_step: int) -> list:
     """history.json up to `upto_step` (the checkpoint resumed from: lines a newer, unreadable
     checkpoint had logged are dropped, as the steps will be trained again)."""
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
     try:
-        with open(path) as f:
-            history = json.load(f)
-    except (OSError, ValueError) as e:
+        history = json.loads(files.read_text(path))
+    except (OSError, ValueError, tf.errors.OpError) as e:
         raise RunError(f"{path} cannot be read ({e}); remove it to resume without the earlier "
                        f"log lines, or restore it from a copy") from None
     return [h for h in history if h.get("step", 0) <= upto_step]

@@ -36,6 +36,7 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from tfawd.core import files
 from tfawd.core.flags import define_fields, field
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_guard import RunError
@@ -152,12 +153,12 @@ class Distribution:
 
 def copy_resume_files(model_dir: str, dest: str) -> None:
     """What a run needs to continue: ckpt/, history.json and the files that describe it."""
-    src, dst = RunDir(model_dir), RunDir(dest)
-    if os.path.isdir(src.ckpt):
-        shutil.copytree(src.ckpt, dst.ckpt, dirs_exist_ok=True)
+    src, dst = RunDir(model_dir), RunDir(dest)  # the chief's folder may be remote (gs://)
+    if files.isdir(src.ckpt):
+        files.copytree(src.ckpt, dst.ckpt)
     for name in ("history", "flags", "vocab", "model"):
-        if os.path.exists(getattr(src, name)):
-            shutil.copy(getattr(src, name), getattr(dst, name))
+        if files.exists(getattr(src, name)):
+            files.copy(getattr(src, name), getattr(dst, name))
 
 
 def local() -> Distribution:

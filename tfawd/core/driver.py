@@ -17,13 +17,12 @@ Every run-level flag (`RunFlags` fields: bounds, checkpoint cadence, profiling, 
 means the same for every family because only this module turns them into a `LoopConfig`.
 """
 import dataclasses
-import os
 import time
 
 import keras
 from absl import logging
 
-from tfawd.core import distribute, reporting
+from tfawd.core import distribute, files, reporting
 from tfawd.core.checkpoints import check_saved_config, save_config
 from tfawd.core.flags import profile_range
 from tfawd.core.loop import Loop, LoopConfig, Task
@@ -67,12 +66,12 @@ def start(task_class, cfg, distribution=None, **task_kw) -> Loop:
     dist.check_batch(cfg.batch_size)
     keras.utils.set_random_seed(cfg.seed)
     task = task_class(cfg, dist, **task_kw)
-    os.makedirs(task.cfg.model_dir, exist_ok=True)
+    files.makedirs(task.cfg.model_dir)
     path = RunDir(task.cfg.model_dir).model
-    if os.path.exists(path):  # a resumed run: its saved architecture must be this one
+    if files.exists(path):  # a resumed run: its saved architecture must be this one
         check_saved_config(task.model, path)
     run = Loop(task, loop_config(task.cfg), distribution=dist)
-    if not os.path.exists(path):
+    if not files.exists(path):
         save_config(task.model, path)
     if run.resumed:
         logging.info("Resumed at epoch %d, batch %d, step %d", int(run.state.epoch),
@@ -88,7 +87,7 @@ def train(task_class, cfg, distribution=None, prepare_folder=None, **task_kw) ->
     dist = distribution or distribute.local()
     with dist.run_folder(cfg.model_dir) as folder:
         cfg = dataclasses.replace(cfg, model_dir=folder)
-        os.makedirs(folder, exist_ok=True)
+        files.makedirs(folder)
         if prepare_folder:
             prepare_folder(folder)
         with ModelDirLock(folder):  # one trainer per run folder

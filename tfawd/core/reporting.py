@@ -44,9 +44,8 @@ def write_results(model_dir, cfg, metrics: dict) -> str:
     command = " ".join(sys.argv)
     log = RunDir(model_dir).commands
     commands = [command]
-    if os.path.exists(log):  # a damaged byte shows as U+FFFD rather than stopping the report
-        with open(log, encoding="utf-8", errors="replace") as f:
-            commands = f.read().splitlines()
+    if files.exists(log):  # a damaged byte shows as U+FFFD rather than stopping the report
+        commands = files.read_text(log, errors="replace").splitlines()
     precision = {"precision": cfg.precision} if hasattr(cfg, "precision") else {}
     write_json(path, {"dataset": cfg.dataset, "model": cfg.model, **precision, **metrics,
                       "flags": dataclasses.asdict(cfg), "versions": versions(),

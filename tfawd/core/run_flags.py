@@ -27,7 +27,7 @@ def recorded_flags(model_dir: str) -> dict:
     them), else its flags.json (those recorded when it started), else none."""
     run = RunDir(model_dir)
     for path, key in ((run.results, "flags"), (run.flags, None)):
-        if os.path.exists(path):
+        if files.exists(path):
             record = files.read_json(path, fix="restore it from a copy of the run folder, or "
                                      "remove it and give the run's flags on the command line")
             if not isinstance(record, dict) or (key and not isinstance(record.get(key), dict)):
@@ -57,7 +57,7 @@ FIX_FLAGS = "restore it from a copy of the run folder (it records the flags the 
 def read_flags(model_dir: str) -> dict:
     """The run's flags.json ({} when it has none), or one line naming it when damaged."""
     path = RunDir(model_dir).flags
-    if not os.path.exists(path):
+    if not files.exists(path):
         return {}
     saved = files.read_json(path, fix=FIX_FLAGS)
     if not isinstance(saved, dict):

@@ -3,7 +3,9 @@
 - `ModelDirLock`: one trainer per `--model_dir`. A second process is refused at once, naming
   the one that holds the folder; the lock is an `fcntl.flock` on the folder's `.lock`, which
   the kernel releases when its process ends in any way (SIGKILL included), so it never stays
-  stuck.
+  stuck. A folder on a remote filesystem (gs://, hdfs://, ram://) cannot be locked that way:
+  there `.lock` only names the holder, and a second process is warned, not refused (a lock
+  that a killed process never releases would stop every later resume).
 - `StopSignals`: SIGTERM (how schedulers and cloud preemption stop a job) and SIGINT (Ctrl-C)
   only raise a flag; the loop stops at the next step boundary, saves a checkpoint of exactly
   that step and the process exits with `Interrupted`, so re-running resumes bit-exactly.
@@ -50,8 +52,12 @@ class ModelDirLock:
         self.model_dir = model_dir
         self.path = RunDir(model_dir).lock
         self._file = None
+        self._remote = False
 
     def acquire(self) -> "ModelDirLock":
+        from tfawd.core import files  # (files imports RunError from here)
+        if files.is_remote(self.model_dir):
+            return self._acquire_remote(files)
         self._created = not os.path.isdir(self.model_dir)
         os.makedirs(self.model_dir, exist_ok=True)
         f = open(self.path, "a+")
@@ -65,13 +71,38 @@ class ModelDirLock:
                            f"end or stop it, or give another --model_dir") from None
         f.seek(0)
         f.truncate()
-        f.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                f"{' '.join(sys.argv)})\n")
+        f.write(self._holder())
         f.flush()
         self._file = f
         return self
 
+    def _holder(self) -> str:
+        return (f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                f"{' '.join(sys.argv)})\n")
+
+    def _acquire_remote(self, files) -> "ModelDirLock":
+        """A remote folder: `.lock` names the holder; an earlier holder is a warning."""
+        self._created = not files.isdir(self.model_dir)
+        files.makedirs(self.model_dir)
+        holder = files.read_text(self.path).strip() if files.exists(self.path) else ""
+        if holder:
+            print(f"warning: {self.path} names {holder} as training in --model_dir="
+                  f"{self.model_dir}; a remote folder cannot be locked, so this process goes "
+                  f"on: make sure that one has ended (two trainers would overwrite each "
+                  f"other's checkpoints)", file=sys.stderr)
+        files.write_text(self.path, self._holder())
+        self._remote = True
+        return self
+
     def release(self) -> None:
+        if self._remote:
+            from tfawd.core import files
+            self._remote = False
+            files.write_text(self.path, "")
+            if self._created and files.listdir(self.model_dir) == [os.path.basename(self.path)]:
+                files.remove(self.path)
+                files.rmtree(self.model_dir)
+            return
         if self._file is not None:
             self._file.truncate(0)
             fcntl.flock(self._file, fcntl.LOCK_UN)

@@ -8,7 +8,6 @@ segment whenever it checkpoints, so the file agrees with what a resume would con
 results.json carries the list.
 """
 import datetime
-import os
 
 from tfawd.core import files, reporting, runtime
 from tfawd.core.run_guard import RunError
@@ -32,7 +31,7 @@ class Segments:
     def __init__(self, path: str):
         self.path = path
         self.items = []
-        if os.path.exists(path):
+        if files.exists(path):
             self.items = files.read_json(path, "the record of the run's segments",
                                          "remove it to start a new record (the run's "
                                          "checkpoints do not need it)")

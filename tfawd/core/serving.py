@@ -21,7 +21,6 @@ which TF Serving replays before it serves a new version.
 """
 import os
 import re
-import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -38,7 +37,7 @@ BATCHING_PARAMETERS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirna
 def next_version(base_dir: str, name: str) -> int:
     """1 + the highest integer version folder of `<base_dir>/<name>` (1 for a new model)."""
     folder = os.path.join(base_dir, name)
-    versions = [int(d) for d in os.listdir(folder) if d.isdigit()] if os.path.isdir(folder) else []
+    versions = [int(d) for d in files.listdir(folder) if d.isdigit()] if files.isdir(folder) else []
     return max(versions, default=0) + 1
 
 
@@ -48,26 +47,27 @@ def check_export_dir(base_dir: str, name: str) -> str:
     and version folders without a SavedModel named (warnings)."""
     folder = os.path.join(base_dir, name)
     for path, what in ((base_dir, "--export_dir"), (folder, f"--export_dir's {name}/")):
-        if os.path.exists(path) and not os.path.isdir(path):
+        if files.exists(path) and not files.isdir(path):
             raise ValueError(f"{what} {path} is a file, not a folder; move it aside or choose "
                              f"another --export_dir / --export_name")
     config = os.path.join(base_dir, "models.config")
-    if os.path.isdir(config):
+    if files.isdir(config):
         raise ValueError(f"{config} is a folder; move it aside (export writes the server's "
                          f"config file there)")
     try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create {folder} ({e.strerror}); choose a writable "
+        files.makedirs(folder)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", "") or type(e).__name__
+        raise ValueError(f"cannot create {folder} ({reason}); choose a writable "
                          f"--export_dir") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not files.is_remote(folder) and not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write in {folder}; choose a writable --export_dir")
-    for entry in sorted(os.listdir(folder)):
+    for entry in sorted(files.listdir(folder)):
         path = os.path.join(folder, entry)
         if entry.startswith(".partial-"):
             logging.warning("removing %s, left by an export that did not finish", path)
-            shutil.rmtree(path, ignore_errors=True)
-        elif entry.isdigit() and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            files.rmtree(path)
+        elif entry.isdigit() and not files.exists(os.path.join(path, "saved_model.pb")):
             logging.warning("%s has no saved_model.pb: not a whole SavedModel (TF Serving will "
                             "fail on it until a newer version exists; this export adds one)", path)
     return folder
@@ -88,14 +88,14 @@ def save_version(archive, base_dir: str, name: str, warmup_requests=()) -> str:
         archive.write_out(partial, verbose=False,
                           options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     except (OSError, tf.errors.OpError) as e:  # a full disk, a folder gone: nothing half-made
-        shutil.rmtree(partial, ignore_errors=True)
+        files.rmtree(partial)
         reason = getattr(e, "strerror", None) or getattr(e, "message", "") or str(e)
         raise ValueError(f"could not write the SavedModel {path} "
                          f"({reason.splitlines()[0] if reason else type(e).__name__}); "
                          f"free space or choose another --export_dir") from None
     if warmup_requests:
         write_warmup(partial, name, warmup_requests)
-    os.rename(partial, path)
+    files.rename(partial, path)
     return path
 
 
@@ -104,11 +104,9 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     version folders), with base_path `<serving_root>/<name>` (None: this machine's paths); and
     beside it `batching_parameters.txt`, a copy of `configs/serving/batching_parameters.txt`
     (when the checkout has it), for TF Serving's `--enable_batching`."""
-    names = sorted(d for d in os.listdir(base_dir)
-                   if os.path.isdir(os.path.join(base_dir, d)) and os.access(
-                       os.path.join(base_dir, d), os.R_OK | os.X_OK)
-                   and any(v.isdigit() for v in os.listdir(os.path.join(base_dir, d))))
-    root = serving_root or os.path.abspath(base_dir)
+    names = sorted(d for d in files.listdir(base_dir) if _readable_folder(os.path.join(base_dir, d))
+                   and any(v.isdigit() for v in files.listdir(os.path.join(base_dir, d))))
+    root = serving_root or (base_dir if files.is_remote(base_dir) else os.path.abspath(base_dir))
     entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{root}/{n}'\n"
                       f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
     path = os.path.join(base_dir, "models.config")
@@ -117,6 +115,12 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
         with open(BATCHING_PARAMETERS) as f:
             files.write_text(os.path.join(base_dir, "batching_parameters.txt"), f.read())
     return path
+
+
+def _readable_folder(path: str) -> bool:
+    if files.is_remote(path):
+        return files.isdir(path)
+    return os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)
 
 
 def export_name(model_dir: str, name: str = "") -> str:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines.vocab import EOS, UNK, Vocabulary
+from tfawd.core import files
 from tfawd.core.checkpoints import latest as latest_checkpoint
 from tfawd.core.checkpoints import restore_weights, weights_checkpoint
 from tfawd.core.run_dir import RunDir
@@ -45,14 +46,14 @@ def load_trained(model_dir: str, cfg):
     run = RunDir(model_dir)
     best = latest_checkpoint(run.best)
     last = latest_checkpoint(run.ckpt)
-    if not best and last and os.path.exists(os.path.join(run.best, "checkpoint")):
+    if not best and last and files.exists(os.path.join(run.best, "checkpoint")):
         print(f"warning: the best weights in {run.best} cannot be found (their files are "
               f"missing); using the latest training weights {last}", flush=True)
-    if not os.path.exists(run.vocab) or not (best or last):
+    if not files.exists(run.vocab) or not (best or last):
         raise RunError(f"no trained model in --model_dir={model_dir} (needs vocab.txt and "
                        f"best/ or ckpt/); train one first or point --model_dir at a trained run")
     vocab = Vocabulary.load(run.vocab)
-    if os.path.exists(run.model):
+    if files.exists(run.model):
         check_architecture(cfg, model_dir, architecture_flags(run.model),
                            wildcards=(AUTO,))  # auto: as resolved
         model = from_saved_config(run.model, cfg.precision)
@@ -93,12 +94,13 @@ def read_contexts(path: str, vocab: Vocabulary, strict: bool = False) -> list:
     """Contexts from `path`: a `.npy` of int ids [B, T] (or one sequence [T]), or a text file
     with one context per line (see `encode_prompt`; blank lines are skipped)."""
     if path.endswith(".npy"):
-        ids = np.load(path)
+        with files.open_file(path, "rb") as f:
+            ids = np.load(f)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"{path}: expected int ids [B, T], got {ids.dtype} {ids.shape}")
         rows = list(np.atleast_2d(ids).astype(np.int32))
     else:
-        with open(path, encoding="utf-8") as f:
+        with files.open_file(path) as f:
             rows = [encode_prompt(vocab, line, strict) for line in f if line.strip()]
     return _check_rows(rows, len(vocab), "contexts")[0]
 

@@ -48,7 +48,7 @@ def _load(cfg, corpus=None) -> LoadedRun:
     model, vocab = load_trained(cfg.model_dir, cfg)
     if corpus is None:
         dataset = cfg.dataset
-        if "dataset" not in (cfg.explicit or ()) and os.path.exists(RunDir(cfg.model_dir).flags):
+        if "dataset" not in (cfg.explicit or ()) and files.exists(RunDir(cfg.model_dir).flags):
             dataset = files.read_json(RunDir(cfg.model_dir).flags,
                                       fix=FIX_FLAGS).get("dataset", dataset)
         corpus = load_corpus(dataset, cfg.data_dir, vocab=vocab)
@@ -67,7 +67,7 @@ def _score(run: LoadedRun) -> dict:
 def _record(cfg, section: str, payload: dict) -> str:
     path = RunDir(cfg.model_dir).eval_results
     results = {}
-    if os.path.exists(path):
+    if files.exists(path):
         results = files.read_json(path, fix="move it aside (earlier evaluation results are in "
                                   "it) and run the command again")
     results[section] = {**payload, "command": " ".join(sys.argv),
@@ -207,9 +207,10 @@ def predict(cfg, inf) -> dict:
     out = {"contexts": len(contexts), "scores": path, "shape": list(scores.shape)}
     if inf.targets:
         if inf.targets.endswith(".npy"):
-            targets = np.load(inf.targets)
+            with files.open_file(inf.targets, "rb") as f:
+                targets = np.load(f)
         else:
-            with open(inf.targets, encoding="utf-8") as f:
+            with files.open_file(inf.targets) as f:
                 words = [line.strip() for line in f if line.strip()]
             targets = np.array([inference.encode_prompt(vocab, w, inf.strict)[0] for w in words])
         if len(targets) != len(contexts):
@@ -230,7 +231,7 @@ def generate(cfg, inf) -> list:
         raise RunError("--mode=generate needs exactly one of --prompt and --prompts_file")
     prompts = [inf.prompt]
     if inf.prompts_file:
-        with open(inf.prompts_file, encoding="utf-8") as f:
+        with files.open_file(inf.prompts_file) as f:
             prompts = [line.rstrip("\n") for line in f]
     model, vocab = _inference_model(cfg)
     banned = [vocab.index[w] for w, allowed in ((UNK, inf.allow_unk), (EOS, inf.allow_eos))

@@ -17,7 +17,6 @@ the same `--model_dir` resumes from it.
 import contextlib
 import dataclasses
 import os
-import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -162,13 +161,13 @@ class LanguageModelTask(TrainingTask):
             cfg, precision=distribution.agreed_precision(cfg.precision, cfg.precision_given))
         self.given_cfg = cfg  # as recorded in results.json (cut-offs as given, e.g. `auto`)
         run = RunDir(cfg.model_dir)
-        vocab = Vocabulary.load(run.vocab) if os.path.exists(run.vocab) else None
+        vocab = Vocabulary.load(run.vocab) if files.exists(run.vocab) else None
         if corpus is None:
             corpus = load_corpus(cfg.dataset, cfg.data_dir, vocab=vocab, order=vocab_order(cfg))
         elif vocab is not None and vocab.words != corpus.vocab.words:
             raise RunError(f"{run.vocab} differs from the corpus vocabulary; "
                            f"use a new --model_dir")
-        os.makedirs(cfg.model_dir, exist_ok=True)  # only once the data is there
+        files.makedirs(cfg.model_dir)  # only once the data is there
         # as given (`auto`: resolved alike on resuming)
         run_flags.record_shapes(cfg, cfg.model_dir, RESUME_FIXED)
         if cfg.softmax == "adaptive":
@@ -186,7 +185,7 @@ class LanguageModelTask(TrainingTask):
                 model = build_model(cfg, len(corpus.vocab))
             except ValueError as e:  # flags the model cannot be built with
                 raise RunError(str(e)) from None
-        if os.path.exists(run.model):  # a resumed run: its saved vocabulary size is this one
+        if files.exists(run.model):  # a resumed run: its saved vocabulary size is this one
             saved = load_config(run.model)["config"].get("vocab_size")
             if saved is not None and saved != len(corpus.vocab):
                 raise RunError(f"{run.vocab} has {len(corpus.vocab)} words but {run.model} a "
@@ -346,7 +345,7 @@ def finetune(cfg, corpus: Corpus | None = None,
     child = dataclasses.replace(cfg, model_dir=run.finetune.path, optimizer="ntasgd")
 
     def copy_vocab(folder):
-        if os.path.exists(run.vocab) and not os.path.exists(RunDir(folder).vocab):
-            shutil.copy(run.vocab, RunDir(folder).vocab)
+        if files.exists(run.vocab) and not files.exists(RunDir(folder).vocab):
+            files.copy(run.vocab, RunDir(folder).vocab)
     return driver.train(LanguageModelTask, child, distribution, prepare_folder=copy_vocab,
                         corpus=corpus, init_from=parent)

@@ -172,7 +172,7 @@ def per_speaker(result) -> dict:
 def write_attention(model_dir, result, n=N_ATTENTION) -> dict:
     """PNGs + attention.npy (padded [n, L, T]) of the first n validation utterances."""
     folder = RunDir(model_dir).attention
-    os.makedirs(folder, exist_ok=True)
+    files.makedirs(folder)
     maps = result["attention"][:n]
     padded = np.zeros([len(maps), max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)],
                       np.float32)

@@ -2,7 +2,6 @@
 `model.json` (the architecture saved with the weights), its best weights restored.
 """
 import dataclasses
-import os
 
 import tensorflow as tf
 
@@ -61,10 +60,10 @@ def _saved_model_flags(cfg) -> dict | None:
     None when the folder holds no run."""
     run = RunDir(cfg.model_dir)
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    if os.path.exists(run.model):
+    if files.exists(run.model):
         saved = load_config(run.model)["config"]
         return {flag: saved.get(key, defaults[flag]) for flag, key in MODEL_FLAGS.items()}
-    if os.path.exists(run.results):
+    if files.exists(run.results):
         saved = files.read_json(run.results, fix=FIX_RESULTS).get("flags", {})
         return {k: saved.get(k, defaults[k]) for k in MODEL_FLAGS}
     return None
@@ -131,7 +130,7 @@ def sample_rate_of(cfg) -> int:
     """The sample rate the run of `cfg.model_dir` trained on (its results.json), else the one
     of its --dataset; 0 for data without audio (precomputed features, e.g. AN4)."""
     results = RunDir(cfg.model_dir).results
-    if os.path.exists(results):
+    if files.exists(results):
         recorded = files.read_json(results, fix=FIX_RESULTS)
         if "sample_rate" in recorded:  # 0: trained on precomputed features
             return int(recorded["sample_rate"] or 0)
