@@ -122,10 +122,14 @@ def copytree(src, dst) -> None:
 
 
 def open_file(path, mode: str = "r", encoding: str | None = "utf-8", errors=None):
-    """`open` for any filesystem (text modes decode as `encoding`; UTF-8 on remote ones)."""
+    """`open` for any filesystem (text modes decode as `encoding`; UTF-8 on remote ones). A
+    missing file to read raises FileNotFoundError there too (GFile would only fail later,
+    with TensorFlow's NotFoundError, at the first read)."""
     if not is_remote(path):
         return open(path, mode, **({} if "b" in mode else {"encoding": encoding,
                                                            "errors": errors}))
+    if "r" in mode and not exists(path):
+        raise FileNotFoundError(path)
     return _gfile().GFile(path, mode.replace("t", ""))  # text modes: UTF-8
 
 
@@ -207,8 +211,6 @@ def save_npy(path: str, array) -> None:
 def read_json(path: str, what: str = "", fix: str = ""):
     """JSON of a run's file, or one line naming the file, what is wrong and the fix."""
     try:
-        if is_remote(path) and not exists(path):
-            raise FileNotFoundError(path)
         with open_file(path) as f:
             return json.load(f)
     except FileNotFoundError:
