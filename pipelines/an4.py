@@ -29,7 +29,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from pipelines.corpus_files import DATA_DIR_ENV, DataError
+from pipelines.corpus_files import DATA_DIR_ENV, DataError, open_data
 from pipelines.speech_features import CHARACTERS, feature_stats  # noqa: F401 (re-exported)
 
 N_CEPSTRA, N_FILTERS = 13, 40
@@ -69,7 +69,7 @@ def to_logmel(cepstra: np.ndarray) -> np.ndarray:
 def read_mfc(path: str) -> np.ndarray:
     """float32 [T, 13] cepstra of one .mfc file; any damage is a one-line DataError."""
     try:
-        with open(path, "rb") as f:
+        with open_data(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}); restore it from the AN4 "
@@ -111,10 +111,10 @@ def normalise_text(words: str, where: str) -> str:
 
 def read_transcripts(path: str) -> dict:
     """{utterance id: normalised text} of a `WORDS (utterance-id)` transcription file."""
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise DataError(f"{path} not found; restore it from the AN4 release")
     out = {}
-    with open(path, encoding="utf-8") as f:
+    with open_data(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -130,7 +130,7 @@ def read_transcripts(path: str) -> dict:
 def an4_dir(data_dir: str) -> str:
     """`<data_dir>/an4`, or a DataError naming the fix."""
     path = os.path.join(data_dir or os.environ.get(DATA_DIR_ENV, ""), "an4")
-    if not os.path.isdir(os.path.join(path, "etc")):
+    if not tf.io.gfile.isdir(os.path.join(path, "etc")):
         raise DataError(f"no AN4 database in {path!r}: pass --data_dir=<folder holding an4/> "
                         f"(or set {DATA_DIR_ENV})")
     return path
@@ -141,10 +141,10 @@ def _part(root: str, part: str) -> list:
     folder, n_utts, n_speakers = PARTS[part]
     fileids = os.path.join(root, "etc", f"an4_{part}.fileids")
     texts = read_transcripts(os.path.join(root, "etc", f"an4_{part}.transcription"))
-    if not os.path.exists(fileids):
+    if not tf.io.gfile.exists(fileids):
         raise DataError(f"{fileids} not found; restore it from the AN4 release")
-    rows, seen = [], set()
-    with open(fileids, encoding="utf-8") as f:
+    rows, seen, listed = [], set(), {}
+    with open_data(fileids) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -155,8 +155,12 @@ def _part(root: str, part: str) -> list:
             if utt not in texts:
                 raise DataError(f"{fileids}:{number}: no transcript for {utt!r} in "
                                 f"an4_{part}.transcription; restore it from the AN4 release")
-            path = os.path.join(root, "feat", folder, speaker, utt + ".mfc")
-            if not os.path.exists(path):
+            speaker_dir = os.path.join(root, "feat", folder, speaker)
+            if speaker_dir not in listed:  # one listing a speaker, not a stat a file (gs://)
+                listed[speaker_dir] = (set(tf.io.gfile.listdir(speaker_dir))
+                                       if tf.io.gfile.isdir(speaker_dir) else set())
+            path = os.path.join(speaker_dir, utt + ".mfc")
+            if utt + ".mfc" not in listed[speaker_dir]:
                 raise DataError(f"{path} not found (listed in {fileids}:{number}); restore "
                                 "it from the AN4 release")
             seen.add(utt)

@@ -4,8 +4,13 @@ A corpus is three token files (train/valid/test) under `<data_dir>/<folder>/`, l
 ../shared/data. Files found locally are checked against their published sha256; missing files
 are fetched from the official archive, extracted and checked the same way. Offline, the fetch
 fails within seconds with a message that names `--data_dir` (never a minutes-long retry loop).
+
+The data folder may be on any TensorFlow filesystem (`gs://`, `hdfs://`, `s3://`, `ram://`;
+issue 28): every reader of `pipelines/` opens its files with `open_data` and lists them with
+`tf.io.gfile`, which serves local paths as well.
 """
 import dataclasses
+import errno
 import hashlib
 import io
 import os
@@ -74,9 +79,36 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV) or str(default_cache_dir() / "data")
 
 
+def is_remote(path) -> bool:
+    """A path with a scheme (gs://, hdfs://, s3://, ram://): TensorFlow's filesystems."""
+    return "://" in os.fspath(path)
+
+
+def gfile():
+    """`tf.io.gfile`, imported on first use (flag parsing imports this module)."""
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+def open_data(path, mode: str = "r"):
+    """A data file opened for reading on any filesystem, read as `open(path, mode,
+    encoding="utf-8")` reads a local one: text decoded as UTF-8 with universal newlines
+    (token files keep their exact lines), bytes as they are; a missing file raises
+    FileNotFoundError, as `open` does, wherever it lives."""
+    if mode not in ("r", "rb"):
+        raise ValueError(f"open_data reads ('r' or 'rb'), not {mode!r}")
+    if not is_remote(path):
+        return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    if not gfile().exists(path):
+        raise FileNotFoundError(errno.ENOENT, "No such file", str(path))
+    with gfile().GFile(path, "rb") as f:
+        payload = io.BytesIO(f.read())
+    return payload if "b" in mode else io.TextIOWrapper(payload, encoding="utf-8")
+
+
 def sha256_of(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_data(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -109,7 +141,7 @@ def reachable(url: str, timeout_s: float = 3.0) -> bool:
     return bool(ok)
 
 
-def _download_and_extract(spec: CorpusSpec, target: pathlib.Path, timeout_s: float) -> None:
+def _download_and_extract(spec: CorpusSpec, target: str, timeout_s: float) -> None:
     if not reachable(spec.url, timeout_s):
         raise DataError(
             f"{spec.name} files are not in {target} and {spec.url} cannot be reached (offline?). "
@@ -117,16 +149,14 @@ def _download_and_extract(spec: CorpusSpec, target: pathlib.Path, timeout_s: flo
             f"{spec.folder}/{{{','.join(spec.files.values())}}}.")
     with urllib.request.urlopen(spec.url, timeout=60) as r:
         payload = io.BytesIO(r.read())
-    target.mkdir(parents=True, exist_ok=True)
-    if spec.url.endswith(".zip"):
-        with zipfile.ZipFile(payload) as z:
-            read = z.read
-            for split, member in spec.members.items():
-                (target / spec.files[split]).write_bytes(read(member))
-    else:
-        with tarfile.open(fileobj=payload) as t:
-            for split, member in spec.members.items():
-                (target / spec.files[split]).write_bytes(t.extractfile(member).read())
+    gfile().makedirs(target)
+    with (zipfile.ZipFile(payload) if spec.url.endswith(".zip") else
+          tarfile.open(fileobj=payload)) as archive:
+        for split, member in spec.members.items():
+            data = (archive.read(member) if isinstance(archive, zipfile.ZipFile) else
+                    archive.extractfile(member).read())
+            with gfile().GFile(os.path.join(target, spec.files[split]), "wb") as f:
+                f.write(data)
 
 
 def corpus_files(name: str, data_dir: str | None = None, timeout_s: float = 3.0) -> dict:
@@ -138,10 +168,11 @@ def corpus_files(name: str, data_dir: str | None = None, timeout_s: float = 3.0)
     if name not in CORPORA:
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(CORPORA)} (--dataset)")
     spec = CORPORA[name]
-    folder = pathlib.Path(data_dir or default_data_dir()) / spec.folder
-    paths = {s: folder / f for s, f in spec.files.items()}
-    if not all(p.is_file() for p in paths.values()):
+    folder = os.path.join(data_dir or default_data_dir(), spec.folder)
+    paths = {s: os.path.join(folder, f) for s, f in spec.files.items()}
+    if not all((gfile().exists(p) and not gfile().isdir(p)) if is_remote(p) else
+               os.path.isfile(p) for p in paths.values()):
         _download_and_extract(spec, folder, timeout_s)
     for split, path in paths.items():
         verify(path, spec.sha256[split])
-    return {s: str(p) for s, p in paths.items()}
+    return paths

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pipelines.corpus_files import DataError
+from pipelines.corpus_files import DataError, open_data
 from pipelines.speech_features import CHARACTERS  # noqa: F401  (transcripts use only these)
 
 SPLITS = ("train", "valid", "test")
@@ -158,7 +158,7 @@ def select_sentences(tokens_path, min_words=3, max_words=10, limit=None, seed=0)
     without a vowel (initials, abbreviations like "st", "jr": eSpeak spells out or expands them).
     """
     sentences, seen = [], set()
-    with open(tokens_path, encoding="utf-8") as f:
+    with open_data(tokens_path) as f:
         for line in f:
             line = line.strip()
             if line.startswith("=") and line.endswith("="):
@@ -200,20 +200,20 @@ def _write_split(synth, split, sentences, voices, path, seed):
             if i % PROGRESS_EVERY == 0 or i == len(sentences):
                 logging.info("espeak %s: %d/%d utterances, %.0f s of audio", split, i,
                              len(sentences), seconds)
-    os.replace(path + ".partial", path)  # an interrupted build leaves only *.partial files
-    return seconds
+    tf.io.gfile.rename(path + ".partial", path, overwrite=True)  # an interrupted build
+    return seconds  # leaves only *.partial files
 
 
 def _cached_manifest(out_dir, params):
     """The manifest of a complete build with `params`, else None (a stale one is removed)."""
     path = os.path.join(out_dir, "manifest.json")
-    if os.path.exists(path):
-        with open(path) as f:
+    if tf.io.gfile.exists(path):
+        with open_data(path) as f:
             manifest = json.load(f)
-        if manifest.get("parameters") == params and all(
-                os.path.exists(os.path.join(out_dir, f"{s}.tfrecord")) for s in params["sizes"]):
+        if manifest.get("parameters") == params and all(tf.io.gfile.exists(
+                os.path.join(out_dir, f"{s}.tfrecord")) for s in params["sizes"]):
             return manifest
-        os.remove(path)  # must not stand next to half-rebuilt files
+        tf.io.gfile.remove(path)  # must not stand next to half-rebuilt files
     return None
 
 
@@ -235,13 +235,13 @@ def build_corpus(data_dir, out_dir, sizes=None, train_voices=TRAIN_VOICES,
         return manifest
     sources = {s: os.path.join(data_dir, "wikitext-2", f"wiki.{s}.tokens") for s in sizes}
     for path in sources.values():
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise DataError(f"{path} not found: pass --data_dir pointing at the folder that "
                             "holds wikitext-2/wiki.*.tokens")
     synth = Synthesizer()
     for voice in (*train_voices, *test_voices):  # a bad voice fails now, not minutes later
         synth.synthesize("a", voice)
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
     splits = {}
     for split in (s for s in SPLITS if s in sizes):
         sentences = select_sentences(sources[split], params["min_words"], params["max_words"],
@@ -255,9 +255,9 @@ def build_corpus(data_dir, out_dir, sizes=None, train_voices=TRAIN_VOICES,
     manifest = {"parameters": params, "sample_rate": synth.sample_rate, "splits": splits,
                 "espeakng_loader": params["espeakng_loader"]}
     path = os.path.join(out_dir, "manifest.json")
-    with open(path + ".partial", "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(path + ".partial", path)  # written last: the build is complete
+    with tf.io.gfile.GFile(path + ".partial", "w") as f:
+        f.write(json.dumps(manifest, indent=2))
+    tf.io.gfile.rename(path + ".partial", path, overwrite=True)  # last: the build is complete
     return manifest
 
 
@@ -273,7 +273,7 @@ def _parse(record):
 def load_split(out_dir, split):
     """Dataset of {"audio": float32 [n] in [-1, 1], "sample_rate": int32, "transcript": string}."""
     path = os.path.join(out_dir, f"{split}.tfrecord")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise DataError(f"{path} not found: run pipelines.espeak_synth.build_corpus(data_dir, "
                         f"{out_dir!r}) first to synthesise the corpus")
     return tf.data.TFRecordDataset(path).map(_parse)

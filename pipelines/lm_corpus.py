@@ -18,7 +18,8 @@ TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 
 class LmCorpus(tfds.core.GeneratorBasedBuilder):
-    """Lines of a word-level LM corpus read from a local folder (or its official archive)."""
+    """Lines of a word-level LM corpus read from a data folder on any filesystem (or fetched
+    from its official archive)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Lines of the tokenised files, in order."}
@@ -42,7 +43,7 @@ class LmCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, path):
         # Text mode and line iteration, as the reference code reads the files.
-        with open(path, encoding="utf-8") as f:
+        with corpus_files.open_data(path) as f:
             for i, line in enumerate(f):
                 yield i, {"text": line.rstrip("\n")}
 

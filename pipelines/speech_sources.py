@@ -12,23 +12,24 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipelines.corpus_files import DataError
+from pipelines.corpus_files import DataError, is_remote, open_data
 
 
 def read_manifest(path: str) -> list:
     """[(wav path, transcript)]; a clear error names the line of any malformed entry."""
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise DataError(f"manifest {path!r} not found (--manifest)")
-    root, rows = os.path.dirname(os.path.abspath(path)), []
-    with open(path, encoding="utf-8") as f:
+    root, rows = os.path.dirname(path if is_remote(path) else os.path.abspath(path)), []
+    with open_data(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 2 or not parts[1].strip():
                 raise DataError(f"{path}:{number}: expected `wav path<TAB>transcript`")
-            wav = parts[0] if os.path.isabs(parts[0]) else os.path.join(root, parts[0])
-            if not os.path.exists(wav):
+            wav = (parts[0] if os.path.isabs(parts[0]) or is_remote(parts[0]) else
+                   os.path.join(root, parts[0]))
+            if not tf.io.gfile.exists(wav):
                 raise DataError(f"{path}:{number}: no such file {wav!r}")
             rows.append((wav, parts[1].strip().lower()))
     if not rows:
@@ -50,10 +51,9 @@ def npy_dataset(prefix: str, split: str, n_mels: int = 40) -> tf.data.Dataset:
     """Seed 003's arrays as {"features", "transcript"}; shapes are checked up front."""
     paths = f"{prefix}{split}.npy", f"{prefix}{split}_transcripts.npy"
     for p in paths:
-        if not os.path.exists(p):
+        if not tf.io.gfile.exists(p):
             raise DataError(f"{p!r} not found (--npy_prefix={prefix})")
-    feats = np.load(paths[0], allow_pickle=True)
-    texts = np.load(paths[1], allow_pickle=True)
+    feats, texts = (np.load(open_data(p, "rb"), allow_pickle=True) for p in paths)
     if len(feats) != len(texts):
         raise DataError(f"{paths[0]} has {len(feats)} utterances, {paths[1]} {len(texts)}")
     for i, f in enumerate(feats):

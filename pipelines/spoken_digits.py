@@ -26,7 +26,7 @@ SPLIT_TAKES = {"test": range(0, 5), "valid": range(5, 10), "train": range(10, 50
 
 def recordings_dir(data_dir: str) -> str:
     path = os.path.join(data_dir or "", "fsdd", "recordings")
-    if not os.path.isdir(path) or not any(FILE_RE.match(n) for n in os.listdir(path)):
+    if not tf.io.gfile.isdir(path) or not any(FILE_RE.match(n) for n in tf.io.gfile.listdir(path)):
         raise DataError(f"no FSDD recordings in {path!r}: pass --data_dir=<folder holding "
                         "fsdd/recordings/*.wav> (or set TFAWD_DATA_DIR)")
     return path
@@ -36,7 +36,7 @@ def list_recordings(data_dir: str) -> list:
     """[(digit, speaker, take, path)] of every recording, sorted."""
     root = recordings_dir(data_dir)
     found = []
-    for name in sorted(os.listdir(root)):
+    for name in sorted(tf.io.gfile.listdir(root)):
         m = FILE_RE.match(name)
         if m:
             found.append((int(m[1]), m[2], int(m[3]), os.path.join(root, name)))

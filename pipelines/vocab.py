@@ -83,14 +83,11 @@ class Vocabulary:
     def load(cls, path):
         """The vocabulary `save` wrote; `DataError` naming the file when it is missing, not
         UTF-8 text, empty, or has blank or repeated lines (a damaged copy)."""
-        from pipelines.corpus_files import DataError
+        from pipelines.corpus_files import DataError, open_data
         fix = "restore it from a copy of the run folder (it maps the model's ids to words)"
-        try:
-            if "://" in str(path):  # a run folder on any TensorFlow filesystem (gs://, ram://)
-                words = _remote_lines(path)
-            else:
-                with open(path, encoding="utf-8") as f:
-                    words = [line.rstrip("\n") for line in f]
+        try:  # a run folder on any filesystem (gs://, ram://, local)
+            with open_data(path) as f:
+                words = [line.rstrip("\n") for line in f]
         except FileNotFoundError:
             raise DataError(f"{path} is missing; {fix}") from None
         except UnicodeDecodeError:
@@ -102,15 +99,3 @@ class Vocabulary:
             return cls(words)
         except ValueError:
             raise DataError(f"{path} is damaged (a word listed twice); {fix}") from None
-
-
-def _remote_lines(path) -> list:
-    """The lines of a file on a TensorFlow filesystem, read as text mode reads a local one
-    (UTF-8, universal newlines)."""
-    import tensorflow as tf
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(path)
-    with tf.io.gfile.GFile(path, "rb") as f:
-        text = f.read().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    return lines[:-1] if lines and not lines[-1] else lines

@@ -5,6 +5,7 @@ import os
 import tensorflow as tf
 
 from pipelines import speech_features, speech_sources, spoken_digits
+from tfawd.core import files
 
 
 def sources(cfg) -> tuple:
@@ -19,8 +20,9 @@ def sources(cfg) -> tuple:
                 spoken_digits.SAMPLE_RATE)
     if cfg.dataset == "espeak":
         from pipelines import espeak_synth  # needs espeakng-loader
-        out = cfg.espeak_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.model_dir)),
-                                             "espeak_corpus")
+        out = cfg.espeak_dir or os.path.join(os.path.dirname(
+            cfg.model_dir if files.is_remote(cfg.model_dir) else os.path.abspath(cfg.model_dir)),
+            "espeak_corpus")
         info = espeak_synth.build_corpus(
             cfg.data_dir, out, sizes={"train": cfg.train_utterances, "valid": cfg.eval_utterances,
                                       "test": cfg.eval_utterances}, seed=cfg.seed)
