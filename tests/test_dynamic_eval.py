@@ -126,7 +126,9 @@ def test_adapted_perplexity_equals_the_segment_by_segment_procedure(setup, chunk
     corpus, model, rms = setup
     ids = corpus.ids["valid"][:length].astype(np.int32)
     expected = _reference_dynamic_eval(model, rms, ids, lr=2e-2, lam=0.02, bptt=5)
-    got = DynamicEvaluator(model, rms, chunk=chunk).evaluate(ids, lr=2e-2, lam=0.02, bptt=5)
+    evaluator = DynamicEvaluator(model, rms, chunk=chunk)
+    assert evaluator._tied is not None  # W adapted from its rank-5 gradient, never written out
+    got = evaluator.evaluate(ids, lr=2e-2, lam=0.02, bptt=5)
     static = Evaluator(model).evaluate(ids, batch_size=1, bptt=5)
     assert got["tokens"] == length - 1
     assert abs(expected - static["nll"]) > 1e-3  # the weights did adapt

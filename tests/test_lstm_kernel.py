@@ -104,3 +104,35 @@ def test_short_windows(steps):
         h, c = lstm_step(z[0], h0, c0, u)
         np.testing.assert_allclose(h, got_out[1], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(c, got_out[2], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [2, 7])
+def test_the_scoring_recurrence_equals_the_training_one(steps, monkeypatch):
+    """`lstm_forward` (one XLA computation a window, nothing kept for backward) gives the
+    outputs, h_T and c_T of `lstm_recurrence`; a model traced in `forward_only()` runs it in
+    every layer and scores as the model traced outside it."""
+    from tfawd.lm.models import AwdLstmModel
+    from tfawd.nn import layers
+    from tfawd.nn.lstm_kernel import forward_only, lstm_forward, scoring_only
+    z, h0, c0, u = inputs(steps=steps)
+    for got, want in zip(lstm_forward(z, h0, c0, u), lstm_recurrence(z, h0, c0, u)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    model = AwdLstmModel(50, emsize=8, nhid=12, nlayers=2)
+    x = tf.constant(np.random.default_rng(3).integers(0, 50, size=(1, steps)), tf.int32)
+    states = model.initial_state(1)
+    model(x, states)  # built
+    want, want_states = tf.function(lambda x, states: model(x, states, targets=x))(x, states)
+    calls = []
+    monkeypatch.setattr(layers, "lstm_forward", lambda *a: calls.append(1) or lstm_forward(*a))
+
+    @tf.function
+    def scored(x, states):
+        with forward_only():
+            assert scoring_only(1) and not scoring_only(8) and not scoring_only(1, tf.bfloat16)
+            return model(x, states, targets=x)
+
+    got, got_states = scored(x, states)
+    assert not scoring_only(1) and len(calls) == 2  # both layers, once (one trace)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for got_hc, want_hc in zip(got_states, want_states):
+        np.testing.assert_allclose(got_hc, want_hc, rtol=1e-5, atol=1e-6)

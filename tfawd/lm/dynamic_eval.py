@@ -22,7 +22,7 @@ from absl import logging
 from pipelines.bptt import bptt_dataset
 from tfawd.lm.models import copy_weights, float32_twin
 from tfawd.nn import fusion
-from tfawd.nn.losses import perplexity
+from tfawd.nn.losses import decoder_nll_and_gradients, perplexity
 
 
 def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_batches: int = 0):
@@ -52,15 +52,37 @@ def gradient_rms(model, train_ids, batch_size: int = 100, bptt: int = 5, max_bat
     return [np.sqrt(total.numpy() / count).astype(np.float32) for total in sums]
 
 
+def _step(v, g, v0, r, lr, lam, inv_mean_rms, epsilon):
+    """The update of the module doc for one weight (element-wise): decay toward theta_0 at
+    rate r = RMS_g / mean(RMS_g), capped so that it never overshoots, and the RMS-normalised
+    gradient step."""
+    cap = 1.0 / tf.maximum(lam, 1e-12)
+    return v + lam * tf.minimum(r * inv_mean_rms, cap) * (v0 - v) - lr * g / (r + epsilon)
+
+
 @fusion.xla
 def _adapt(values, grads, trained, rms, lr, lam, inv_mean_rms, epsilon):
-    """The update of the module doc for every weight, each one XLA-fused pass that reads the
-    weight, its gradient, its trained value and its RMS and writes the weight (the decay rate
-    r = RMS_g / mean(RMS_g) is recomputed in the pass rather than read: one tensor less of
-    memory traffic a segment)."""
-    cap = 1.0 / tf.maximum(lam, 1e-12)  # decay never overshoots theta_0
-    return [v + lam * tf.minimum(r * inv_mean_rms, cap) * (v0 - v) - lr * g / (r + epsilon)
+    """`_step` for every weight, each one XLA-fused pass that reads the weight, its gradient,
+    its trained value and its RMS and writes the weight (the decay rate is recomputed in the
+    pass rather than read: one tensor less of memory traffic a segment)."""
+    return [_step(v, g, v0, r, lr, lam, inv_mean_rms, epsilon)
             for v, g, v0, r in zip(values, grads, trained, rms)]
+
+
+@fusion.xla
+def _adapt_tied(value, trained, rms, d_logits, inputs, rows, row_grads, lr, lam, inv_mean_rms,
+                epsilon):
+    """`_step` of the tied embedding / output matrix W [V, E] without its gradient ever
+    written out: the output layer's part is the rank-N product d_logits^T inputs of the
+    segment's N tokens, summed as N outer products inside the one fused pass over W (which
+    reads W, theta_0 and RMS and writes W), and the embedding's part touches only the N rows
+    it looked up (`rows`, `row_grads`), scattered into the result."""
+    product = d_logits[0][:, None] * inputs[0][None, :]
+    for k in range(1, d_logits.shape[0]):  # N is static: the segment length
+        product += d_logits[k][:, None] * inputs[k][None, :]
+    new = _step(value, product, trained, rms, lr, lam, inv_mean_rms, epsilon)
+    return tf.tensor_scatter_nd_sub(new, rows[:, None],
+                                    lr * row_grads / (tf.gather(rms, rows) + epsilon))
 
 
 LOG_EVERY = 5000  # segments between progress lines
@@ -98,6 +120,46 @@ class DynamicEvaluator:
         self.chunk = chunk
         self.trained = [tf.Variable(v, trainable=False) for v in self.variables]
         self._chunks = {}  # (segment length, keep outputs) -> compiled chunk
+        self._tied = self._tied_decoder()
+
+    def _tied_decoder(self):
+        """(index of W, index of b) among the variables when the model's output layer is the
+        full softmax over its embedding matrix W (tied), else None: then `_adapt_tied` updates
+        W from the segment's rank-N output gradient (see `_segment_tied`)."""
+        if getattr(self.model, "softmax_kind", "full") != "full" or not getattr(
+                self.model, "tie_weights", True):
+            return None
+        w, b = self.model.decoder_weights()
+        ids = [id(v) for v in self.variables]
+        if id(w) not in ids or id(b) not in ids:
+            return None
+        return ids.index(id(w)), ids.index(id(b))
+
+    def _segment_tied(self, x, y, states, lr, lam):
+        """One segment of a tied full-softmax model: the features' gradients by the tape, the
+        output layer's by hand (`decoder_nll_and_gradients`), W's update by `_adapt_tied`."""
+        model, variables, (w_at, b_at) = self.model, self.variables, self._tied
+        with tf.GradientTape() as tape:
+            h, states, acts = model.features(x, states, training=False)
+        w, b = model.decoder_weights()
+        flat_h = tf.reshape(h, [-1, h.shape[-1]])
+        nll, d_logits, d_h, d_b = decoder_nll_and_gradients(
+            flat_h, tf.convert_to_tensor(w), tf.convert_to_tensor(b), tf.reshape(y, [-1]))
+        grads = tape.gradient(h, variables, output_gradients=tf.reshape(d_h, tf.shape(h)))
+        grads[b_at] = d_b
+        rows = grads[w_at]  # the embedding lookup's rows (an IndexedSlices)
+        rest = [i for i in range(len(variables)) if i != w_at]
+        adapted = _adapt([tf.convert_to_tensor(variables[i]) for i in rest],
+                         [tf.convert_to_tensor(grads[i]) for i in rest],
+                         [self.trained[i].read_value() for i in rest],
+                         [self.rms[i] for i in rest], lr, lam, self.inv_mean_rms, self.epsilon)
+        for i, new in zip(rest, adapted):
+            variables[i].assign(new)
+        variables[w_at].assign(_adapt_tied(
+            tf.convert_to_tensor(variables[w_at]), self.trained[w_at].read_value(),
+            self.rms[w_at], d_logits, flat_h, rows.indices, rows.values, lr, lam,
+            self.inv_mean_rms, self.epsilon))
+        return nll[None], states, acts
 
     def _make_chunk(self, bptt: int, keep: bool):
         """A graph call over `ids` [n * bptt + 1]: n segments scored then adapted to, in order.
@@ -110,6 +172,9 @@ class DynamicEvaluator:
         scalar = tf.TensorSpec([], tf.float32)
 
         def segment(x, y, states, lr, lam):
+            if self._tied is not None:
+                nll, states, acts = self._segment_tied(x, y, states, lr, lam)
+                return nll[0], states, tf.cast(acts["raw_last"], tf.float32)[0]
             with tf.GradientTape() as tape:  # the fused output layer + NLL, as training
                 nll, states, acts = model(x, states, training=False, targets=y,
                                           return_activations=True)
@@ -121,9 +186,9 @@ class DynamicEvaluator:
             for v, new in zip(variables, adapted):
                 v.assign(new)
             return nll[0], states, tf.cast(acts["raw_last"], tf.float32)[0]
-        # Not compiled as one XLA cluster (`jit_compile=True` here): 21.8 -> 15.1 ms a segment
-        # of the CPU model on the AVX512_BF16 EPYC, exact NLL, but the process segfaulted in it
-        # in a longer test session (tests/test_adaptive_models.py, the cache on top of it).
+        # Not compiled as one XLA cluster (`jit_compile=True` here): faster a segment of the
+        # CPU model on the AVX512_BF16 EPYC, exact NLL, but the process segfaulted in it in a
+        # longer test session (tests/test_adaptive_models.py, the cache on top of it).
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32), state_spec, scalar,
                                       scalar])

@@ -10,10 +10,11 @@ import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
 from tfawd.lm.models import copy_weights, float32_twin
+from tfawd.nn import lstm_kernel
 from tfawd.nn.losses import perplexity
 
 # At or below this batch size a mixed-precision model is scored by its float32 twin: faster
-# there (batch 1: ~2.8x, benchmarks/lm_throughput.py's eval figures) and exact.
+# there (batch-1 evaluation: benchmarks/lm_throughput.py's eval figures) and exact.
 FLOAT32_MAX_BATCH = 4
 
 
@@ -42,7 +43,8 @@ class Evaluator:
 
             @tf.function(input_signature=[ids, ids, state_spec])
             def step(x, y, states):
-                nll, states = model(x, states, training=False, targets=y)
+                with lstm_kernel.forward_only():  # no gradient: the lean scoring recurrence
+                    nll, states = model(x, states, training=False, targets=y)
                 return tf.reduce_sum(nll), states
 
             self._steps[batch_size] = step

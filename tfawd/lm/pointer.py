@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
+from tfawd.nn import lstm_kernel
 from tfawd.nn.losses import perplexity
 
 
@@ -32,7 +33,8 @@ def collect(model, ids, batch_size: int, bptt: int):
 
     @tf.function(input_signature=[spec, spec, state_spec])
     def step(x, y, states):
-        logits, states, acts = model(x, states, training=False, return_activations=True)
+        with lstm_kernel.forward_only():  # no gradient: the lean scoring recurrence
+            logits, states, acts = model(x, states, training=False, return_activations=True)
         logp = -tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(logits, tf.float32))
         return tf.cast(acts["raw_last"], tf.float32), logp, states
 

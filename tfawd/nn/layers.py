@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfawd.core.distribute import replica_rows_of
-from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step
+from tfawd.nn.lstm_kernel import lstm_forward, lstm_recurrence, lstm_step, scoring_only
 
 
 def dropout_mask(shape, rate, seed_generator, dtype):
@@ -175,7 +175,10 @@ class WeightDropLSTM(keras.layers.Layer):
             h, c = lstm_step(tf.matmul(inputs[:, 0], kernel) + bias, h0, c0, recurrent)
             return h[:, None], tf.cast(h, tf.float32), c
         projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
-        hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
+        if scoring_only(inputs.shape[0], recurrent.dtype):
+            hs, h, c = lstm_forward(projected, h0, c0, recurrent)
+        else:
+            hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
         return tf.transpose(hs, [1, 0, 2]), h, c
 
     def get_config(self):

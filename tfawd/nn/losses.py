@@ -73,6 +73,18 @@ def decoder_nll(h, weights, bias, targets):
     return tf.reshape(nll(flat_h, weights, tf.cast(bias, tf.float32)), dims)
 
 
+def decoder_nll_and_gradients(flat_h, weights, bias, targets):
+    """`decoder_nll` of inputs [N, E] (float32) with the gradients of their mean NLL, for a
+    caller that applies the weight's gradient d_logits^T flat_h without writing it out
+    (dynamic evaluation): (nll [N], d_logits [N, V], d_h [N, E], d_bias [V])."""
+    products = tf.matmul(flat_h, weights, transpose_b=True)
+    nll, lse = _nll_from_products(products, bias, targets)
+    n = tf.shape(targets)[0]
+    d = tf.fill([n], 1.0 / tf.cast(n, tf.float32))
+    d_logits, d_bias = _logits_gradient(products, bias, lse, targets, d)
+    return nll, d_logits, tf.matmul(d_logits, weights), d_bias
+
+
 def perplexity(mean_nll: float) -> float:
     return math.exp(min(mean_nll, 700.0))
 

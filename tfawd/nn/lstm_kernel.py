@@ -25,7 +25,15 @@ state does not lose precision over a window (Micikevicius et al. 2018, mixed pre
     outputs [T, B, H], h_T, c_T = lstm_recurrence(z_in [T, B, 4H], h0, c0, U [H, 4H])
 
 Gate order (i, f, g, o), the order of `keras.layers.LSTM` and of PyTorch's `nn.LSTM`.
+
+Scoring only (`forward_only()`, evaluation at batch 1 to 4 in float32: `scoring_only`): no
+gradient will be asked for, so nothing is kept for a backward pass, and the whole window is one
+XLA computation (`lstm_forward`): its loop runs inside XLA, where each step of the loop above
+is a matmul kernel, a fused kernel and TensorArray writes dispatched one by one, the larger
+part of a step's time when the products are [1, H] x [H, 4H].
 """
+import contextlib
+
 import tensorflow as tf
 
 from tfawd.nn import fusion
@@ -58,6 +66,55 @@ def _cell_backward(acts, c, c_prev, dh, dc, d_out, dtype):
     dz = tf.concat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
                     dc * i * (1 - tf.square(g)), dh * tanh_c * o * (1 - o)], -1)
     return tf.cast(dz, dtype), dc * f
+
+
+_forward_only = False
+
+
+@contextlib.contextmanager
+def forward_only():
+    """Within (at trace time): float32 recurrences that no gradient will be asked of run as
+    `lstm_forward`. For scoring graphs only: a gradient through them is not defined."""
+    global _forward_only
+    kept, _forward_only = _forward_only, True
+    try:
+        yield
+    finally:
+        _forward_only = kept
+
+
+SCORING_MAX_BATCH = 4  # larger products keep TensorFlow's (oneDNN) matmul kernels
+
+
+def scoring_only(batch_size=None, dtype=tf.float32) -> bool:
+    """Whether a `forward_only()` block is being traced and a recurrence of this (static)
+    batch size and matmul dtype should run as `lstm_forward`: float32 (XLA's bfloat16
+    matmuls are slow here) at batch <= SCORING_MAX_BATCH, where dispatch is most of a step."""
+    return (_forward_only and dtype == tf.float32 and batch_size is not None
+            and batch_size <= SCORING_MAX_BATCH)
+
+
+def _lstm_forward_loop(z_in, h0, c0, recurrent):
+    """`lstm_recurrence`'s forward without what its backward pass reads."""
+    steps = tf.shape(z_in)[0]
+
+    def step(t, h, c, hs):
+        h, c, _ = _cell_forward(z_in[t], tf.matmul(h, recurrent), c)
+        return t + 1, h, c, hs.write(t, h)
+
+    _, h, c, hs = tf.while_loop(
+        lambda t, *_: t < steps, step,
+        (tf.constant(0), tf.cast(h0, recurrent.dtype), tf.cast(c0, tf.float32),
+         tf.TensorArray(recurrent.dtype, size=steps)))
+    return hs.stack(), tf.cast(h, tf.float32), c
+
+
+@fusion.xla(fallback=lambda z_in, h0, c0, recurrent: lstm_recurrence(z_in, h0, c0, recurrent))
+def lstm_forward(z_in, h0, c0, recurrent):
+    """`lstm_recurrence` for scoring: the same outputs (h_1..h_T [T, B, H], h_T, c_T), the
+    window's loop compiled as one XLA computation, nothing kept for a backward pass. Exported
+    graphs (standard kernels) use `lstm_recurrence`."""
+    return _lstm_forward_loop(z_in, h0, c0, recurrent)
 
 
 def lstm_step(z_in, h, c, recurrent):
