@@ -62,8 +62,8 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
 
 
 def training_flops_per_token(cfg, vocab_size: int, train_ids=None) -> int:
-    """Matmul FLOPs of one training token: 3x the forward (forward, grad of inputs, grad of
-    weights) of every LSTM layer's 4 gates over [input, hidden] and of the output layer: the
+    """Matmul FLOPs of one training token: three times the forward (forward, grad of inputs,
+    grad of weights) of every LSTM layer's 4 gates over [input, hidden] and of the output layer: the
     full softmax, or the adaptive softmax's head for every token plus each tail cluster's
     projection and matrix for the share of `train_ids` in that cluster."""
     if cfg.model == "awd_lstm":

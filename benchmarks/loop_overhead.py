@@ -4,7 +4,8 @@ Runs the loop over a task whose step does no work (a Python float back, as a rea
 loss), for --steps steps with the logging and checkpoint cadence of the CPU configs, and
 prints JSON: microseconds of loop bookkeeping per step (counters, stop checks, non-finite
 check, log lines, TensorBoard scalars, amortised checkpoints). Compare with a real step's
-time (benchmarks/lm_throughput.py: ~0.25 s for the CPU AWD config) for the loop's share.
+time (benchmarks/lm_throughput.py: ~0.25 s for the CPU AWD config on the AVX512_BF16 EPYC,
+results/lm_throughput_awd_lstm_wt2_cpu_bf16_amd_epyc.json) for the loop's share.
 
   python benchmarks/loop_overhead.py --steps=2000 [--out=F]
 """

@@ -161,10 +161,24 @@ def unbacked_figures(document: str) -> list:
     return unbacked_in(text, config=document if document.endswith(".cfg") else None)
 
 
-def unbacked_in(text: str, config=None) -> list:
-    """`unbacked_figures` of a text (`config`: the config file the text is)."""
+def _prose_figure(number: str, unit: str) -> bool:
+    """Which figures of the documents are checked: any with a unit or decimals; counts and
+    settings ("3 layers", "batch 40") are not."""
+    return bool(unit or "." in number or "," in number)
+
+
+def _code_figure(number: str, unit: str) -> bool:
+    """Which figures of docstrings and comments are checked: speeds and ratios, and times or
+    shares with decimals (measured, not settings such as "25 ms frames" or "lr 30")."""
+    return unit in ("tokens/s", "req/s", "GFLOP/s", "GB/s", "x") or (
+        "." in number and unit in ("%", "ms", "s", "min", "h"))
+
+
+def unbacked_in(text: str, config=None, checked=_prose_figure, paragraphs=None) -> list:
+    """`unbacked_figures` of a text (`config`: the config file the text is; `paragraphs`:
+    the text's units, by default its paragraphs as a document has them)."""
     missing = []
-    for paragraph in [text] if config else _paragraphs(text):
+    for paragraph in [text] if config else (paragraphs or _paragraphs(text)):
         values = _source_numbers([PUBLISHED, *SOURCE.findall(paragraph),
                                   *([config] if config else [])])
         prose = re.sub(r"`[^`]*`", " ", paragraph)  # commands and flags are not figures
@@ -172,8 +186,8 @@ def unbacked_in(text: str, config=None) -> list:
         for match in FIGURE.finditer(prose):
             approximate, number, unit = match.group(1), match.group(2), (match.group(3) or "")
             unit = unit.strip()
-            if not (unit or "." in number or "," in number):
-                continue  # counts and settings ("3 layers", "batch 40") are not checked
+            if not checked(number, unit):
+                continue
             if NOT_A_MEASUREMENT.search(prose[:match.start()]) or re.match(
                     r"\.\d", prose[match.end():]):
                 continue
@@ -218,3 +232,58 @@ def test_a_paragraph_without_its_source_fails():
             "It also reached 12.29% WER.\n\nThe seed's AWD-LSTM row is 77.11.\n")
     assert [m.split(":")[0] for m in unbacked_in(text)] == ["12.29%"]
     assert unbacked_in("Python 3.11, section 4.1, `--lr=0.002`, issue 29, 3 layers.") == []
+
+
+# --- and every measured figure of a docstring or comment ---------------------------------------
+
+CODE = ["main.py", "tfawd/**/*.py", "pipelines/*.py", "benchmarks/*.py"]
+
+
+def code_texts(path: pathlib.Path) -> list:
+    """The docstrings and comment blocks (consecutive comment lines) of a Python file, each
+    without its quoted examples ('valid ppl 98.20' shows a format, not a result)."""
+    import ast
+    import io
+    import tokenize
+    source = path.read_text(encoding="utf-8")
+    texts = [ast.get_docstring(node) for node in ast.walk(ast.parse(source)) if isinstance(
+        node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    block, last = [], -1
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            if tok.start[0] != last + 1 and block:
+                texts.append(" ".join(block))
+                block = []
+            block.append(tok.string.lstrip("#").strip())
+            last = tok.start[0]
+    texts.append(" ".join(block))
+    return [" ".join(re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", " ", t).split()) for t in texts if t]
+
+
+def unbacked_in_code(path: pathlib.Path) -> list:
+    """The measured figures (speeds, ratios, times and shares with decimals) of a file's
+    docstrings and comments that no file named in the same docstring or comment holds."""
+    return [m for text in code_texts(path)
+            for m in unbacked_in(text, checked=_code_figure, paragraphs=[text])]
+
+
+@pytest.mark.parametrize("pattern", CODE)
+def test_every_measured_figure_of_the_code_has_its_source_file_beside_it(pattern):
+    """A speed, ratio or measured time typed into a docstring or comment names the committed
+    file that holds it (a results JSON), as the documents' figures do."""
+    missing = [f"{p.relative_to(REPO)}: {m}" for p in sorted(REPO.glob(pattern))
+               for m in unbacked_in_code(p)]
+    assert not missing, f"{len(missing)} figures without a source file:\n" + "\n".join(missing)
+
+
+def test_the_code_check_reads_docstrings_and_comment_blocks(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text('''"""A step of 0.98x the reference; frames of 25 ms."""
+# Measured: 1,945 tokens/s
+# (results/lm_throughput_awd_lstm_wt2_bf16_amd_epyc.json: 2,536 tokens/s).
+
+# e.g. 'valid ppl 98.20' and "2.5x"
+x = 1  # 0.25 s a step
+''', encoding="utf-8")
+    assert [m.split(":")[0] for m in unbacked_in_code(code)] == ["0.98x", "1,945tokens/s",
+                                                                "0.25s"]

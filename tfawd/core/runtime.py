@@ -2,10 +2,11 @@
 
 - **oneDNN** (`TF_ENABLE_ONEDNN_OPTS`): TensorFlow turns its oneDNN kernels on by default only on
   x86 CPUs with AVX-512-class features. On a 2-core AMD EPYC with AVX2 only (2026-12-01) they
-  were faster for everything this project runs: float32 matmuls in a `tf.function` 72 -> 121
-  GFLOP/s (2048^3), 43 -> 72 for the softmax shape [1400x200]x[200x33278], 33 -> 46 for the
-  recurrent [40x400]x[400x1600]; the CPU AWD-LSTM training step 0.98x -> 1.18-1.25x the PyTorch
-  reference, evaluation at batch 10 974 -> 1,945 tokens/s. So the entry points call
+  were faster for everything this project runs: float32 matmuls in a `tf.function` (the
+  2048^3 product, the softmax shape [1400x200]x[200x33278], the recurrent
+  [40x400]x[400x1600]), the CPU AWD-LSTM training step against the PyTorch reference, and
+  evaluation at batch 10 (that machine's figures are in ../shared/GUIDE.md, section 3; no
+  JSON of it is committed, so they are not repeated here). So the entry points call
   `configure_onednn()` first: on x86 it sets the variable to 1 unless the user set it (any value
   the user sets is kept); elsewhere (ARM, where TensorFlow decides per CPU) nothing is changed.
   The variable is read once, when TensorFlow is imported.

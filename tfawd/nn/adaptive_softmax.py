@@ -60,7 +60,8 @@ def sgd_unstable(share, lr):
     cluster's token `share`. AWD-LSTM's SGD at lr 30 thus needs clusters of at most ~7% of the
     tokens: WT2's words ranked 2000-10000 hold 15.6%, and with them the logit's bias swung
     between 4 and 9 from step to step while the last LSTM layer's output collapsed to
-    |h| ~ 0.001 (a loss stuck at the unigram level for thousands of steps)."""
+    |h| ~ 0.001 (a loss stuck at the unigram level for thousands of steps;
+    results/adaptive_clusters_awd_lstm_wt2_cpu.json)."""
     return lr * share * (1.0 - share) > 2.0
 
 
