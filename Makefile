@@ -13,7 +13,7 @@ TFAWD_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 export TFAWD_DATA_DIR
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-LM_CONFIG ?= configs/awd_lstm_wt2_cpu.cfg
+LM_CONFIG ?= configs/awd_lstm_wt2_cpu_adaptive.cfg
 SPEECH_CONFIG ?= configs/las_digits.cfg
 CONFIG ?= $(LM_CONFIG)
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(TF_EXTRA),test]"
 	touch $@
 
-## Train + evaluate the CPU-sized language model and speech model (about 2 h 20 min in all on a
+## Train + evaluate the CPU-sized language model and speech model (about 2 h in all on a
 ## 2-core EPYC with AVX512_BF16, 3 h on AVX2-only CPUs or the AMX Xeon: README.md, by class).
 train: train-lm train-speech
 
