@@ -170,8 +170,7 @@ def corpus_files(name: str, data_dir: str | None = None, timeout_s: float = 3.0)
     spec = CORPORA[name]
     folder = os.path.join(data_dir or default_data_dir(), spec.folder)
     paths = {s: os.path.join(folder, f) for s, f in spec.files.items()}
-    if not all((gfile().exists(p) and not gfile().isdir(p)) if is_remote(p) else
-               os.path.isfile(p) for p in paths.values()):
+    if not all(gfile().exists(p) and not gfile().isdir(p) for p in paths.values()):
         _download_and_extract(spec, folder, timeout_s)
     for split, path in paths.items():
         verify(path, spec.sha256[split])

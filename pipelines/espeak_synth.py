@@ -200,8 +200,9 @@ def _write_split(synth, split, sentences, voices, path, seed):
             if i % PROGRESS_EVERY == 0 or i == len(sentences):
                 logging.info("espeak %s: %d/%d utterances, %.0f s of audio", split, i,
                              len(sentences), seconds)
-    tf.io.gfile.rename(path + ".partial", path, overwrite=True)  # an interrupted build
-    return seconds  # leaves only *.partial files
+    # an interrupted build leaves only *.partial files
+    tf.io.gfile.rename(path + ".partial", path, overwrite=True)
+    return seconds
 
 
 def _cached_manifest(out_dir, params):

@@ -47,13 +47,18 @@ def manifest_dataset(path: str) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((list(wavs), list(texts))).map(load)
 
 
+def _load_npy(path: str):
+    with open_data(path, "rb") as f:
+        return np.load(f, allow_pickle=True)
+
+
 def npy_dataset(prefix: str, split: str, n_mels: int = 40) -> tf.data.Dataset:
     """Seed 003's arrays as {"features", "transcript"}; shapes are checked up front."""
     paths = f"{prefix}{split}.npy", f"{prefix}{split}_transcripts.npy"
     for p in paths:
         if not tf.io.gfile.exists(p):
             raise DataError(f"{p!r} not found (--npy_prefix={prefix})")
-    feats, texts = (np.load(open_data(p, "rb"), allow_pickle=True) for p in paths)
+    feats, texts = (_load_npy(p) for p in paths)
     if len(feats) != len(texts):
         raise DataError(f"{paths[0]} has {len(feats)} utterances, {paths[1]} {len(texts)}")
     for i, f in enumerate(feats):

@@ -11,15 +11,7 @@ import tensorflow as tf
 from pipelines import an4, corpus_files, speech_sources, spoken_digits
 from pipelines.corpus_files import DataError, open_data
 from pipelines.lm_corpus import load_corpus
-
-
-def _copy_tree(src: str, dst: str, keep=lambda name: True) -> None:
-    for root, _, names in os.walk(src):
-        rel = os.path.relpath(root, src)
-        target = dst if rel == "." else f"{dst}/{rel}"
-        tf.io.gfile.makedirs(target)
-        for name in filter(keep, names):
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
+from tfawd.core import files
 
 
 def _need(data_dir, folder):
@@ -50,7 +42,7 @@ def test_open_data_reads_as_open_does_wherever_the_file_is(tmp_path):
 
 def test_wikitext2_from_ram_equals_the_local_corpus(data_dir, wt2, tmp_path):
     remote = "ram://tfawd-data-test/lm"
-    _copy_tree(os.path.join(data_dir, "wikitext-2"), f"{remote}/wikitext-2")
+    files.copytree(os.path.join(data_dir, "wikitext-2"), f"{remote}/wikitext-2")
     paths = corpus_files.corpus_files("wikitext2", remote)  # verified by sha256 there
     assert all(p.startswith(remote) for p in paths.values())
     corpus = load_corpus("wikitext2", remote, str(tmp_path / "tfds"))
@@ -61,7 +53,7 @@ def test_wikitext2_from_ram_equals_the_local_corpus(data_dir, wt2, tmp_path):
 
 def test_a_damaged_remote_token_file_is_refused_by_its_hash(data_dir):
     remote = "ram://tfawd-data-test/damaged"
-    _copy_tree(os.path.join(data_dir, "wikitext-2"), f"{remote}/wikitext-2")
+    files.copytree(os.path.join(data_dir, "wikitext-2"), f"{remote}/wikitext-2")
     with tf.io.gfile.GFile(f"{remote}/wikitext-2/wiki.valid.tokens", "w") as f:
         f.write("not the corpus\n")
     with pytest.raises(DataError, match=r"wiki\.valid\.tokens is corrupted"):
@@ -71,7 +63,7 @@ def test_a_damaged_remote_token_file_is_refused_by_its_hash(data_dir):
 def test_an4_from_ram_equals_the_local_release(data_dir):
     _need(data_dir, "an4")
     remote = "ram://tfawd-data-test/speech"
-    _copy_tree(os.path.join(data_dir, "an4"), f"{remote}/an4")
+    files.copytree(os.path.join(data_dir, "an4"), f"{remote}/an4")
     for split in an4.SPLITS:
         here, there = (an4.list_utterances(d, split) for d in (data_dir, remote))
         assert [(u.utterance, u.speaker, u.text) for u in here] == \
@@ -86,8 +78,11 @@ def test_an4_from_ram_equals_the_local_release(data_dir):
 def test_spoken_digits_and_a_manifest_from_ram(data_dir):
     _need(data_dir, "fsdd")
     remote = "ram://tfawd-data-test/digits"
-    _copy_tree(os.path.join(data_dir, "fsdd"), f"{remote}/fsdd",
-               keep=lambda name: "_jackson_" in name)  # one speaker: 500 recordings
+    local_dir = os.path.join(data_dir, "fsdd", "recordings")
+    files.makedirs(f"{remote}/fsdd/recordings")
+    for name in os.listdir(local_dir):
+        if "_jackson_" in name:  # one speaker: 500 recordings
+            files.copy(os.path.join(local_dir, name), f"{remote}/fsdd/recordings/{name}")
     found = spoken_digits.list_recordings(remote)
     assert len(found) == 500 and {r[1] for r in found} == {"jackson"}
     local = {r[:3]: r[3] for r in spoken_digits.list_recordings(data_dir)}

@@ -39,6 +39,11 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute(path) -> str:
+    """An absolute form of `path`: a remote path as it is (it has no working folder)."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
 def _gfile():
     import tensorflow as tf  # only for remote paths: local ones never load TensorFlow here
     return tf.io.gfile

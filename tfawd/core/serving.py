@@ -106,7 +106,7 @@ def write_models_config(base_dir: str, serving_root: str = SERVING_ROOT) -> str:
     (when the checkout has it), for TF Serving's `--enable_batching`."""
     names = sorted(d for d in files.listdir(base_dir) if _readable_folder(os.path.join(base_dir, d))
                    and any(v.isdigit() for v in files.listdir(os.path.join(base_dir, d))))
-    root = serving_root or (base_dir if files.is_remote(base_dir) else os.path.abspath(base_dir))
+    root = serving_root or files.absolute(base_dir)
     entries = "".join(f"  config {{\n    name: '{n}'\n    base_path: '{root}/{n}'\n"
                       f"    model_platform: 'tensorflow'\n  }}\n" for n in names)
     path = os.path.join(base_dir, "models.config")

@@ -126,10 +126,9 @@ class DynamicEvaluator:
         """(index of W, index of b) among the variables when the model's output layer is the
         full softmax over its embedding matrix W (tied), else None: then `_adapt_tied` updates
         W from the segment's rank-N output gradient (see `_segment_tied`)."""
-        if getattr(self.model, "softmax_kind", "full") != "full" or not getattr(
-                self.model, "tie_weights", True):
+        if getattr(self.model, "softmax_kind", "full") != "full":
             return None
-        w, b = self.model.decoder_weights()
+        w, b = self.model.decoder_weights()  # untied: W is the kernel transposed, no variable
         ids = [id(v) for v in self.variables]
         if id(w) not in ids or id(b) not in ids:
             return None

@@ -20,9 +20,8 @@ def sources(cfg) -> tuple:
                 spoken_digits.SAMPLE_RATE)
     if cfg.dataset == "espeak":
         from pipelines import espeak_synth  # needs espeakng-loader
-        out = cfg.espeak_dir or os.path.join(os.path.dirname(
-            cfg.model_dir if files.is_remote(cfg.model_dir) else os.path.abspath(cfg.model_dir)),
-            "espeak_corpus")
+        out = cfg.espeak_dir or os.path.join(os.path.dirname(files.absolute(cfg.model_dir)),
+                                             "espeak_corpus")
         info = espeak_synth.build_corpus(
             cfg.data_dir, out, sizes={"train": cfg.train_utterances, "valid": cfg.eval_utterances,
                                       "test": cfg.eval_utterances}, seed=cfg.seed)
