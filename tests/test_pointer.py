@@ -70,3 +70,24 @@ def test_grid_search_reports_the_best_pair_and_the_plain_model():
         if g["lambda"] == 0.0:
             assert g["nll"] == pytest.approx(out["base_nll"], rel=1e-9)
     assert out["lambda"] > 0 and out["ppl"] < 0.95 * out["base_ppl"], out["grid"]
+
+
+def test_a_mixed_precision_model_is_cached_at_batch_one_as_its_float32_twin_scores():
+    """At batch 1 a bf16 model's cache pass runs as its float32 twin: the cache's base
+    perplexity is the batch-1 evaluation's, and the model itself is untouched."""
+    from tfawd.lm.evaluation import Evaluator
+    from tfawd.lm.models import built_in, copy_weights
+    keras.utils.set_random_seed(0)
+    ids = np.random.default_rng(1).integers(0, 30, size=120).astype(np.int32)
+    model = AwdLstmModel(30, emsize=8, nhid=12, nlayers=2)
+    model(ids[None, :2], model.initial_state(1))
+    mixed = built_in("mixed_bfloat16", lambda: AwdLstmModel.from_config(
+        {**model.get_config(), "dtype": "mixed_bfloat16"}))
+    copy_weights(model, mixed)
+    before = [v.numpy() for v in mixed.trainable_variables]
+    out = evaluate_with_cache(mixed, ids, batch_size=1, bptt=9, window=30, thetas=[1.0],
+                              lambdas=[0.0, 0.1])
+    plain = Evaluator(mixed).evaluate(ids, batch_size=1, bptt=9)
+    assert out["base_nll"] == pytest.approx(plain["nll"], rel=1e-6)
+    for v, b in zip(mixed.trainable_variables, before):
+        np.testing.assert_array_equal(v.numpy(), b)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
+from tfawd.lm.models import copy_weights, float32_twin
 from tfawd.nn import lstm_kernel
 from tfawd.nn.losses import perplexity
 
@@ -27,7 +28,14 @@ from tfawd.nn.losses import perplexity
 def collect(model, ids, batch_size: int, bptt: int):
     """Runs `model` over the stream `ids` (state carried, no dropout) and returns, per column
     [B, N]: the last layer's outputs h [B, N, H], the targets, and the model's own
-    log-probability of each target."""
+    log-probability of each target. At batch <= FLOAT32_MAX_BATCH a mixed-precision model
+    runs as its float32 twin, as `Evaluator` scores it (faster there, and the cache's base
+    perplexity is then the batch-1 evaluation's)."""
+    from tfawd.lm.evaluation import FLOAT32_MAX_BATCH
+    if batch_size <= FLOAT32_MAX_BATCH and model.compute_dtype != "float32":
+        twin = float32_twin(model)
+        copy_weights(model, twin)
+        model = twin
     state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
     spec = tf.TensorSpec([batch_size, None], tf.int32)
 
