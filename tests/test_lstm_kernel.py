@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfawd.nn import fusion
-from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step
+from tfawd.nn.lstm_kernel import lstm_recurrence, lstm_step, lstm_window
 
 
 def plain_lstm(z_in, h0, c0, recurrent):
@@ -36,14 +36,16 @@ def loss_and_grads(fn, z, h0, c0, u, weights):
     return (hs, h, c), tape.gradient(loss, [z, h0, c0, u])
 
 
-@pytest.mark.parametrize("xla", [True, False], ids=["xla_fused_steps", "standard_kernels"])
-def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop(xla):
+@pytest.mark.parametrize("xla,fn", [(True, lstm_recurrence), (False, lstm_recurrence),
+                                    (True, lstm_window)],
+                         ids=["xla_fused_steps", "standard_kernels", "window_as_xla_loops"])
+def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop(xla, fn):
     z, h0, c0, u = inputs()
     rng = np.random.default_rng(1)
     weights = [tf.constant(rng.normal(size=s), tf.float32) for s in ([6, 3, 5], [3, 5], [3, 5])]
     want_out, want_grads = loss_and_grads(plain_lstm, z, h0, c0, u, weights)
     with contextlib.nullcontext() if xla else fusion.standard_kernels():
-        got_out, got_grads = loss_and_grads(lstm_recurrence, z, h0, c0, u, weights)
+        got_out, got_grads = loss_and_grads(fn, z, h0, c0, u, weights)
     for got, want in zip(got_out + tuple(got_grads), want_out + tuple(want_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -112,7 +114,7 @@ def test_the_scoring_recurrence_equals_the_training_one(steps, monkeypatch):
     outputs, h_T and c_T of `lstm_recurrence`; a model traced in `forward_only()` runs it in
     every layer and scores as the model traced outside it."""
     from tfawd.lm.models import AwdLstmModel
-    from tfawd.nn import layers
+    from tfawd.nn import lstm_kernel
     from tfawd.nn.lstm_kernel import forward_only, lstm_forward, scoring_only
     z, h0, c0, u = inputs(steps=steps)
     for got, want in zip(lstm_forward(z, h0, c0, u), lstm_recurrence(z, h0, c0, u)):
@@ -123,7 +125,8 @@ def test_the_scoring_recurrence_equals_the_training_one(steps, monkeypatch):
     model(x, states)  # built
     want, want_states = tf.function(lambda x, states: model(x, states, targets=x))(x, states)
     calls = []
-    monkeypatch.setattr(layers, "lstm_forward", lambda *a: calls.append(1) or lstm_forward(*a))
+    monkeypatch.setattr(lstm_kernel, "lstm_forward",
+                        lambda *a: calls.append(1) or lstm_forward(*a))
 
     @tf.function
     def scored(x, states):
@@ -136,3 +139,20 @@ def test_the_scoring_recurrence_equals_the_training_one(steps, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for got_hc, want_hc in zip(got_states, want_states):
         np.testing.assert_allclose(got_hc, want_hc, rtol=1e-5, atol=1e-6)
+
+
+def test_the_recurrence_is_picked_by_mode_batch_and_dtype():
+    """Small float32 batches run as one XLA computation a window: `lstm_forward` when scoring,
+    `lstm_window` when adapting (gradients asked for); anything else, and outside both
+    modes, the hand-written recurrence (oneDNN matmuls a step)."""
+    from tfawd.nn.lstm_kernel import adapting, forward_only, lstm_forward, recurrence_for
+    assert recurrence_for(1) is lstm_recurrence
+    with forward_only():
+        assert recurrence_for(1) is lstm_forward and recurrence_for(4) is lstm_forward
+        assert recurrence_for(5) is lstm_recurrence
+        assert recurrence_for(1, tf.bfloat16) is lstm_recurrence
+        assert recurrence_for(None) is lstm_recurrence  # batch unknown when traced
+    with adapting():
+        assert recurrence_for(1) is lstm_window and recurrence_for(8) is lstm_recurrence
+        assert recurrence_for(1, tf.bfloat16) is lstm_recurrence
+    assert recurrence_for(1) is lstm_recurrence

@@ -21,7 +21,7 @@ from absl import logging
 
 from pipelines.bptt import bptt_dataset
 from tfawd.lm.models import copy_weights, float32_twin
-from tfawd.nn import fusion
+from tfawd.nn import fusion, lstm_kernel
 from tfawd.nn.losses import decoder_nll_and_gradients, perplexity
 
 
@@ -171,6 +171,10 @@ class DynamicEvaluator:
         scalar = tf.TensorSpec([], tf.float32)
 
         def segment(x, y, states, lr, lam):
+            with lstm_kernel.adapting():  # the recurrences' loops as XLA computations
+                return adapt_to(x, y, states, lr, lam)
+
+        def adapt_to(x, y, states, lr, lam):
             if self._tied is not None:
                 nll, states, acts = self._segment_tied(x, y, states, lr, lam)
                 return nll[0], states, tf.cast(acts["raw_last"], tf.float32)[0]

@@ -15,7 +15,8 @@ import keras
 import tensorflow as tf
 
 from tfawd.core.distribute import replica_rows_of
-from tfawd.nn.lstm_kernel import lstm_forward, lstm_recurrence, lstm_step, scoring_only
+from tfawd.nn import lstm_kernel
+from tfawd.nn.lstm_kernel import lstm_step
 
 
 def dropout_mask(shape, rate, seed_generator, dtype):
@@ -174,11 +175,15 @@ class WeightDropLSTM(keras.layers.Layer):
         if inputs.shape[1] == 1:  # one token (generation, serving): one step, no loop
             h, c = lstm_step(tf.matmul(inputs[:, 0], kernel) + bias, h0, c0, recurrent)
             return h[:, None], tf.cast(h, tf.float32), c
-        projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
-        if scoring_only(inputs.shape[0], recurrent.dtype):
-            hs, h, c = lstm_forward(projected, h0, c0, recurrent)
+        if inputs.shape[0] is not None and inputs.shape[0] <= lstm_kernel.SCORING_MAX_BATCH:
+            # a plain matmul: at small batches oneDNN's einsum is slower (dynamic evaluation)
+            flat = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, inputs.shape[-1]])
+            projected = tf.reshape(tf.matmul(flat, kernel) + bias,
+                                   [-1, inputs.shape[0], kernel.shape[-1]])
         else:
-            hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
+            projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
+        recurrence = lstm_kernel.recurrence_for(inputs.shape[0], recurrent.dtype)
+        hs, h, c = recurrence(projected, h0, c0, recurrent)
         return tf.transpose(hs, [1, 0, 2]), h, c
 
     def get_config(self):

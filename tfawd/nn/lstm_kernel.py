@@ -30,7 +30,9 @@ Scoring only (`forward_only()`, evaluation at batch 1 to 4 in float32: `scoring_
 gradient will be asked for, so nothing is kept for a backward pass, and the whole window is one
 XLA computation (`lstm_forward`): its loop runs inside XLA, where each step of the loop above
 is a matmul kernel, a fused kernel and TensorArray writes dispatched one by one, the larger
-part of a step's time when the products are [1, H] x [H, 4H].
+part of a step's time when the products are [1, H] x [H, 4H]. Adapting (`adapting()`, dynamic
+evaluation's 5-token segments at batch 1): the same recurrence with the forward and the backward
+each one XLA computation (`lstm_window`). `recurrence_for` picks among the three.
 """
 import contextlib
 
@@ -68,19 +70,29 @@ def _cell_backward(acts, c, c_prev, dh, dc, d_out, dtype):
     return tf.cast(dz, dtype), dc * f
 
 
-_forward_only = False
+_small_batch_mode = None  # "score" within forward_only(), "adapt" within adapting()
 
 
 @contextlib.contextmanager
-def forward_only():
-    """Within (at trace time): float32 recurrences that no gradient will be asked of run as
-    `lstm_forward`. For scoring graphs only: a gradient through them is not defined."""
-    global _forward_only
-    kept, _forward_only = _forward_only, True
+def _within(mode):
+    global _small_batch_mode
+    kept, _small_batch_mode = _small_batch_mode, mode
     try:
         yield
     finally:
-        _forward_only = kept
+        _small_batch_mode = kept
+
+
+def forward_only():
+    """Within (at trace time): float32 recurrences that no gradient will be asked of run as
+    `lstm_forward`. For scoring graphs only: a gradient through them is not defined."""
+    return _within("score")
+
+
+def adapting():
+    """Within (at trace time): small float32 recurrences whose gradient is asked for at every
+    call (dynamic evaluation's segments) run as `lstm_window`."""
+    return _within("adapt")
 
 
 SCORING_MAX_BATCH = 4  # larger products keep TensorFlow's (oneDNN) matmul kernels
@@ -90,8 +102,22 @@ def scoring_only(batch_size=None, dtype=tf.float32) -> bool:
     """Whether a `forward_only()` block is being traced and a recurrence of this (static)
     batch size and matmul dtype should run as `lstm_forward`: float32 (XLA's bfloat16
     matmuls are slow here) at batch <= SCORING_MAX_BATCH, where dispatch is most of a step."""
-    return (_forward_only and dtype == tf.float32 and batch_size is not None
-            and batch_size <= SCORING_MAX_BATCH)
+    return _small_batch_mode == "score" and _small_float32(batch_size, dtype)
+
+
+def _small_float32(batch_size, dtype) -> bool:
+    return dtype == tf.float32 and batch_size is not None and batch_size <= SCORING_MAX_BATCH
+
+
+def recurrence_for(batch_size=None, dtype=tf.float32):
+    """The recurrence a layer calls for this (static) batch size and matmul dtype:
+    `lstm_forward` when scoring small float32 batches (`forward_only()`), `lstm_window` when
+    adapting them (`adapting()`), else `lstm_recurrence`."""
+    if scoring_only(batch_size, dtype):
+        return lstm_forward
+    if _small_batch_mode == "adapt" and _small_float32(batch_size, dtype):
+        return lstm_window
+    return lstm_recurrence
 
 
 def _lstm_forward_loop(z_in, h0, c0, recurrent):
@@ -123,6 +149,70 @@ def lstm_step(z_in, h, c, recurrent):
     the arithmetic of one iteration of `lstm_recurrence`; differentiable by autodiff."""
     h, c, _ = _cell_forward(z_in, tf.matmul(tf.cast(h, recurrent.dtype), recurrent), c)
     return h, c
+
+
+def _lstm_keep_loop(z_in, h0, c0, recurrent):
+    """`lstm_recurrence`'s forward, stacked: (h_0..h_T [T + 1, B, H], c_0..c_T [T + 1, B, H],
+    the gate activations [T, B, 4H], h_T, c_T)."""
+    steps = tf.shape(z_in)[0]
+
+    def step(t, h, c, hs, cs, acts):
+        h, c, a = _cell_forward(z_in[t], tf.matmul(h, recurrent), c)
+        return t + 1, h, c, hs.write(t + 1, h), cs.write(t + 1, c), acts.write(t, a)
+
+    h0, c0 = tf.cast(h0, recurrent.dtype), tf.cast(c0, tf.float32)
+    _, h, c, hs, cs, acts = tf.while_loop(
+        lambda t, *_: t < steps, step,
+        (tf.constant(0), h0, c0, tf.TensorArray(recurrent.dtype, size=steps + 1).write(0, h0),
+         tf.TensorArray(tf.float32, size=steps + 1).write(0, c0),
+         tf.TensorArray(tf.float32, size=steps)))
+    return hs.stack(), cs.stack(), acts.stack(), tf.cast(h, tf.float32), c
+
+
+def _lstm_backward_loop(hs_all, cs, acts, d_hs, d_h_last, d_c_last, recurrent):
+    """`lstm_recurrence`'s backward from the stacked forward of `_lstm_keep_loop`:
+    (dz [T, B, 4H], dh_0, dc_0, dU)."""
+    steps = tf.shape(acts)[0]
+    recurrent_t = tf.transpose(recurrent)
+    d_hs = tf.cast(d_hs, tf.float32)
+
+    def back(t, dh, dc, dz_ta):
+        dz, dc_prev = _cell_backward(acts[t], cs[t + 1], cs[t], dh, dc, d_hs[t],
+                                     recurrent.dtype)
+        return t - 1, tf.cast(tf.matmul(dz, recurrent_t), tf.float32), dc_prev, dz_ta.write(t, dz)
+
+    _, dh0, dc0, dz = tf.while_loop(
+        lambda t, *_: t >= 0, back,
+        (steps - 1, tf.cast(d_h_last, tf.float32), tf.cast(d_c_last, tf.float32),
+         tf.TensorArray(recurrent.dtype, size=steps)))
+    dz = dz.stack()
+    units = tf.shape(recurrent)[0]
+    d_recurrent = tf.matmul(tf.reshape(hs_all[:-1], [-1, units]), tf.reshape(dz, [-1, 4 * units]),
+                            transpose_a=True)
+    return dz, dh0, dc0, d_recurrent
+
+
+_keep_xla = fusion.xla(_lstm_keep_loop)
+_backward_xla = fusion.xla(_lstm_backward_loop)
+
+
+@tf.custom_gradient
+def lstm_window(z_in, h0, c0, recurrent):
+    """`lstm_recurrence` with its forward and its backward each one XLA computation: for
+    small float32 batches whose gradient is asked for (dynamic evaluation adapts at batch 1),
+    where a step's kernels dispatched one by one are most of its time."""
+    # the inputs' gradients are `grad`'s: no tape may record the loops inside (XLA would fail
+    # on the while loop's gradient accumulators)
+    hs_all, cs, acts, h_last, c_last = _keep_xla(
+        *(tf.stop_gradient(t) for t in (z_in, h0, c0, recurrent)))
+
+    def grad(d_hs, d_h_last, d_c_last):
+        dz, dh0, dc0, d_recurrent = _backward_xla(hs_all, cs, acts, d_hs, d_h_last, d_c_last,
+                                                  recurrent)
+        return (tf.cast(dz, z_in.dtype), tf.cast(dh0, h0.dtype), tf.cast(dc0, c0.dtype),
+                d_recurrent)
+
+    return (hs_all[1:], h_last, c_last), grad
 
 
 @tf.custom_gradient
