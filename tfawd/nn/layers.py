@@ -175,13 +175,12 @@ class WeightDropLSTM(keras.layers.Layer):
         if inputs.shape[1] == 1:  # one token (generation, serving): one step, no loop
             h, c = lstm_step(tf.matmul(inputs[:, 0], kernel) + bias, h0, c0, recurrent)
             return h[:, None], tf.cast(h, tf.float32), c
-        if inputs.shape[0] is not None and inputs.shape[0] <= lstm_kernel.SCORING_MAX_BATCH:
-            # a plain matmul: at small batches oneDNN's einsum is slower (dynamic evaluation)
-            flat = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, inputs.shape[-1]])
-            projected = tf.reshape(tf.matmul(flat, kernel) + bias,
-                                   [-1, inputs.shape[0], kernel.shape[-1]])
-        else:
-            projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # time-major
+        # time-major inputs, then one plain matmul: as fast as the einsum "btd,dg->tbg" in
+        # training, faster at batch 1 (results/before_after/projection_matmul_vs_einsum_*.json,
+        # eval_speed_*_window_xla_*.json)
+        flat = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, inputs.shape[-1]])
+        projected = tf.reshape(tf.matmul(flat, kernel) + bias,
+                               [tf.shape(inputs)[1], tf.shape(inputs)[0], kernel.shape[-1]])
         recurrence = lstm_kernel.recurrence_for(inputs.shape[0], recurrent.dtype)
         hs, h, c = recurrence(projected, h0, c0, recurrent)
         return tf.transpose(hs, [1, 0, 2]), h, c
