@@ -33,6 +33,7 @@ from pipelines.corpus_files import DATA_DIR_ENV, DataError, open_data
 from pipelines.speech_features import CHARACTERS, feature_stats  # noqa: F401 (re-exported)
 
 N_CEPSTRA, N_FILTERS = 13, 40
+BAND_EDGES_HZ = (130.0, 6800.0)  # the filterbank's lowest and highest frequency
 SPLITS = ("train", "valid", "test")
 FEATURES = ("cepstra", "logmel")
 # part of the release -> (feature folder, utterances, speakers)

@@ -56,12 +56,17 @@ def frame_sizes(sample_rate: int):
     return frame_length, int(round(sample_rate * HOP_SECONDS)), 1 << (frame_length - 1).bit_length()
 
 
+def band_edges(sample_rate: int) -> tuple:
+    """(lowest, highest) frequency in Hz of the mel filterbank `log_mel` uses."""
+    return 20.0, sample_rate / 2
+
+
 def log_mel(audio: tf.Tensor, sample_rate: int, n_mels: int = N_MELS) -> tf.Tensor:
     """float32 [n] waveform -> [T, n_mels] log-mel energies, T = ceil(n / hop) (pad_end)."""
     frame_length, frame_step, fft_length = frame_sizes(sample_rate)
     stft = tf.signal.stft(audio, frame_length, frame_step, fft_length, pad_end=True)
     mel = tf.signal.linear_to_mel_weight_matrix(n_mels, fft_length // 2 + 1, sample_rate,
-                                                20.0, sample_rate / 2)
+                                                *band_edges(sample_rate))
     return tf.math.log(tf.matmul(tf.square(tf.abs(stft)), mel) + 1e-6)
 
 
@@ -89,6 +94,40 @@ def spec_augment(features, seed, freq_masks=2, freq_width=6, time_masks=2, time_
         span = tf.cast((idx < start) | (idx >= start + width), features.dtype)
         keep *= span[None, :] if is_freq else span[:, None]
     return features * keep
+
+
+def _mel(hz):
+    return 1127.0 * np.log1p(np.asarray(hz, np.float64) / 700.0)  # tf.signal's mel scale
+
+
+def warp_sources(alpha, bands: int, edges) -> tf.Tensor:
+    """Fractional band indices [bands]: where band j's centre frequency f_j divided by `alpha`
+    falls among the centres of `bands` mel filters spaced evenly in mel between `edges`
+    (Hz), held inside [0, bands - 1]."""
+    low, high = float(_mel(edges[0])), float(_mel(edges[1]))
+    step = (high - low) / (bands + 1)
+    centres_hz = 700.0 * np.expm1((low + step * np.arange(1, bands + 1)) / 1127.0)
+    source_mel = 1127.0 * tf.math.log1p(tf.constant(centres_hz, tf.float32) / alpha / 700.0)
+    return tf.clip_by_value((source_mel - low) / step - 1.0, 0.0, bands - 1.0)
+
+
+def vtlp(features, seed, edges, max_warp: float = 0.1):
+    """Vocal tract length perturbation (Jaitly & Hinton 2013, "Vocal Tract Length Perturbation
+    (VTLP) improves speech recognition"): the frequency axis of one utterance scaled by alpha
+    ~ U(1 - max_warp, 1 + max_warp), f -> alpha f, as a speaker with a shorter (alpha > 1) or
+    longer vocal tract would move the formants. Applied to mel-band features [T, B] whose
+    filters lie evenly in mel between `edges` (Hz): band j takes the value at f_j / alpha,
+    linearly interpolated between neighbouring bands (the edge bands held). On log-mels this
+    moves the spectral envelope as the paper's warped filterbank does; `seed` is an int [2]."""
+    bands = features.shape[-1]
+    alpha = tf.random.stateless_uniform([], seed, 1.0 - max_warp, 1.0 + max_warp)
+    src = warp_sources(alpha, bands, edges)
+    lo = tf.floor(src)
+    frac = src - lo
+    lo = tf.cast(lo, tf.int32)
+    hi = tf.minimum(lo + 1, bands - 1)
+    return (tf.gather(features, lo, axis=-1) * (1.0 - frac)
+            + tf.gather(features, hi, axis=-1) * frac)
 
 
 def feature_stats(examples) -> tuple:
@@ -143,18 +182,27 @@ TRAIN_KEYS = ("features", "frames", "labels", "transcript")
 
 
 def batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed=None, augment_seed=None,
-            bucket_boundaries=(150, 250, 350, 500)) -> tf.data.Dataset:
+            bucket_boundaries=(150, 250, 350, 500), masks: bool = True,
+            warp=None) -> tf.data.Dataset:
     """Padded batches of featurized examples, bucketed by frame count; each bucket's batch is
     scaled so that a batch holds about the same number of frames. With `shuffle_seed` the order
-    is shuffled (deterministically per seed); with `augment_seed` SpecAugment masks are applied
-    (one seed pair per example, from `augment_seed`)."""
+    is shuffled (deterministically per seed); with `augment_seed` the examples are augmented
+    (one seed pair per example, from `augment_seed`): VTLP first when `warp` = (max_warp,
+    band edges in Hz), then SpecAugment masks unless `masks` is False."""
     examples = examples.map(lambda ex: {k: ex[k] for k in TRAIN_KEYS})
     if shuffle_seed is not None:
         examples = examples.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=False)
+
+    def augment(features, seed):  # the masks keep the seed they had before VTLP existed
+        if warp is not None:
+            features = vtlp(features, tf.random.experimental.stateless_fold_in(seed, 1),
+                            warp[1], warp[0])
+        return spec_augment(features, seed) if masks else features
+
     if augment_seed is not None:
         pairs = tf.data.Dataset.random(seed=augment_seed).batch(2)
         examples = tf.data.Dataset.zip(examples, pairs).map(
-            lambda ex, s: {**ex, "features": spec_augment(ex["features"], s)},
+            lambda ex, s: {**ex, "features": augment(ex["features"], s)},
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ref = bucket_boundaries[0]
     sizes = [max(1, batch_size * ref // b) for b in (ref,) + tuple(bucket_boundaries)]

@@ -44,6 +44,7 @@ def test_helpfull_lists_every_flag_with_help():
     (["--dataset=spoken_digits"], "--dataset=spoken_digits is not data of --model=lstm"),
     (["--model=las", "--dataset=spoken_digits", "--teacher_forcing=1.5"],
      "--teacher_forcing must be in [0, 1]"),
+    (["--model=las", "--dataset=spoken_digits", "--vtlp=0.7"], "--vtlp must be in [0, 0.5)"),
     (["--model=las", "--dataset=spoken_digits", "--mode=generate"],
      "--mode=generate is not available for --model=las"),
     (["--mode=dance"], "value should be one of"),

@@ -66,6 +66,88 @@ def test_spec_augment_masks_are_seeded_bands_and_spans():
     assert zero_bands.sum() <= 2 * 6 and zero_frames.sum() <= 2 * 5
 
 
+def _centres_hz(bands, edges):
+    low, high = (1127 * np.log1p(e / 700) for e in edges)
+    mels = low + (high - low) / (bands + 1) * np.arange(1, bands + 1)
+    return 700 * np.expm1(mels / 1127)
+
+
+@pytest.mark.parametrize("edges", [(20.0, 4000.0), (130.0, 6800.0)], ids=["fsdd", "an4"])
+def test_vtlp_moves_each_band_to_its_scaled_frequency(edges):
+    """f -> alpha f: band j takes the value found at f_j / alpha (in band units of the mel
+    filterbank), so a spectral peak moves up for alpha > 1 and down for alpha < 1."""
+    centres = _centres_hz(40, edges)
+    np.testing.assert_allclose(sf.warp_sources(1.0, 40, edges), np.arange(40), atol=1e-3)
+    for alpha in (0.9, 1.1):
+        src = sf.warp_sources(alpha, 40, edges).numpy()
+        inside = (src > 0) & (src < 39)  # bands whose source lies between two centres
+        assert inside.sum() >= 30
+        j = np.flatnonzero(inside)
+        lo = np.floor(src[j]).astype(int)
+        # the source frequency lies between the centres of the two bands it interpolates
+        assert (centres[lo] <= centres[j] / alpha + 1e-3).all()
+        assert (centres[j] / alpha <= centres[lo + 1] + 1e-3).all()
+    peak = np.exp(-0.5 * ((np.arange(40) - 20) / 1.5) ** 2).astype(np.float32)
+    feats = tf.constant(np.tile(peak, (5, 1)))
+    for alpha, side in ((1.1, 1), (0.9, -1)):
+        seed = next(s for s in ([a, b] for a in range(50) for b in range(50))
+                    if (tf.random.stateless_uniform([], s, 0.9, 1.1).numpy() - 1) * side > 0.05)
+        drawn = tf.random.stateless_uniform([], seed, 0.9, 1.1).numpy()
+        out = sf.vtlp(feats, tf.constant(seed), edges, 0.1).numpy()
+        moved = out[0].argmax()
+        want = np.abs(centres - centres[20] * drawn).argmin()
+        assert abs(moved - want) <= 1 and np.sign(moved - 20) == side, (alpha, drawn, moved)
+        np.testing.assert_array_equal(out, out[:1].repeat(5, 0))  # every frame alike
+
+
+def test_vtlp_is_seeded_bounded_and_off_at_zero():
+    rng = np.random.default_rng(0)
+    feats = tf.constant(rng.normal(size=(50, 40)), tf.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    a, b = sf.vtlp(feats, seed, (20.0, 4000.0)), sf.vtlp(feats, seed, (20.0, 4000.0))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, sf.vtlp(feats, tf.constant([5, 6], tf.int64), (20.0, 4000.0)))
+    np.testing.assert_allclose(sf.vtlp(feats, seed, (20.0, 4000.0), 0.0), feats, atol=1e-4)
+    # interpolation never leaves the range of the values it mixes
+    out = sf.vtlp(feats, seed, (20.0, 4000.0)).numpy()
+    assert (out.max(1) <= feats.numpy().max(1) + 1e-6).all()
+    assert (out.min(1) >= feats.numpy().min(1) - 1e-6).all()
+
+
+def test_batches_warp_and_mask_as_asked_and_the_masks_keep_their_seeds():
+    """VTLP on top does not move SpecAugment's masks; warp alone leaves no zero band."""
+    rng = np.random.default_rng(1)
+    feats = [rng.normal(size=(60, 40)).astype(np.float32) + 3.0 for _ in range(3)]
+    examples = tf.data.Dataset.from_generator(
+        lambda: ({"features": f, "frames": np.int32(60), "labels": np.array([3, 2], np.int32),
+                  "transcript": "a"} for f in feats),
+        output_signature={"features": tf.TensorSpec([None, 40], tf.float32),
+                          "frames": tf.TensorSpec([], tf.int32),
+                          "labels": tf.TensorSpec([None], tf.int32),
+                          "transcript": tf.TensorSpec([], tf.string)})
+
+    def first(**kw):
+        return np.concatenate([b["features"].numpy() for b in sf.batches(examples, 8, **kw)])
+
+    plain = first()
+    masked = first(augment_seed=7)
+    warped = first(augment_seed=7, masks=False, warp=(0.1, (20.0, 4000.0)))
+    both = first(augment_seed=7, warp=(0.1, (20.0, 4000.0)))
+    assert not np.array_equal(warped, plain) and not (warped == 0).all(axis=1).any()
+    np.testing.assert_array_equal(both == 0, masked == 0)  # the same masks
+    np.testing.assert_array_equal(np.where(masked == 0, 0, warped), both)
+
+
+def test_vtlp_needs_the_filterbank_of_the_features():
+    from types import SimpleNamespace
+
+    from pipelines import an4
+    from tfawd.speech.data import band_edges
+    assert band_edges(SimpleNamespace(dataset="an4"), 0) == an4.BAND_EDGES_HZ
+    assert band_edges(SimpleNamespace(dataset="spoken_digits"), 8000) == (20.0, 4000.0)
+    assert band_edges(SimpleNamespace(dataset="npy"), 0) is None
+
+
 def test_splits_follow_the_official_takes_and_hold_out_a_speaker(data_dir):
     recs = spoken_digits.list_recordings(data_dir)
     assert len(recs) == 3000

@@ -37,6 +37,9 @@ class SpeechConfig(RunFlags):
     npy_prefix: str = _f("", "npy: seed 003's format: <prefix>{train,dev}.npy (object arrays of "
                              "(T, 40) features) and <prefix>{train,dev}_transcripts.npy.")
     spec_augment: bool = _f(True, "SpecAugment masks on training features.")
+    vtlp: float = _f(0.0, "VTLP (Jaitly & Hinton 2013): each training utterance's frequency "
+                          "axis scaled by a factor drawn from [1 - this, 1 + this], as another "
+                          "speaker's vocal tract would (0: off; the paper drew from 0.9-1.1).")
     feature_norm: str = _f("utterance", "Feature normalisation: utterance (each utterance's "
                                         "bands to zero mean, unit variance over its own frames) "
                                         "or global (by the training split's per-band mean and "
@@ -131,6 +134,9 @@ def define_flags(fv=flags.FLAGS):
                              "--ema_decay must be in [0, 1)", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,
                              "--guided_attention_width must be positive", flag_values=fv)
+    flags.register_validator("vtlp", lambda v: 0 <= v < 0.5,
+                             "--vtlp must be in [0, 0.5) (the warp factor's spread; 0.1 is "
+                             "the paper's)", flag_values=fv)
 
 
 def from_flags(fv=flags.FLAGS) -> SpeechConfig:

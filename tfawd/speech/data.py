@@ -46,6 +46,17 @@ def sources(cfg) -> tuple:
     raise ValueError(f"--dataset={cfg.dataset} is not speech data")
 
 
+def band_edges(cfg, sample_rate: int):
+    """(lowest, highest) Hz of the mel filters behind --dataset's features (for VTLP), or
+    None when unknown (seed 003's `.npy` features)."""
+    if cfg.dataset == "an4":
+        from pipelines import an4
+        return an4.BAND_EDGES_HZ
+    if cfg.dataset == "npy":
+        return None
+    return speech_features.band_edges(sample_rate)
+
+
 def featurized(cfg, vocab, stats=None) -> tuple:
     """(split -> cached dataset of featurized examples, sample rate, stats). --feature_norm:
     `utterance` normalises each utterance over its own frames (stats None); `global` by the

@@ -26,7 +26,7 @@ from tfawd.core.run_dir import RunDir
 from tfawd.nn.optimizers import Adam
 from tfawd.speech import evaluation as speech_eval
 from tfawd.speech.ctc import ctc_loss
-from tfawd.speech.data import featurized
+from tfawd.speech.data import band_edges, featurized
 from tfawd.speech.evaluation import N_ATTENTION, eval_batches, evaluate_splits, transcribe
 from tfawd.speech.inference import BATCH_SPEC, build_las, make_decoder
 from tfawd.speech.las import encoder_frames, guided_attention_loss
@@ -113,6 +113,13 @@ class SpeechTask(TrainingTask):
     def __init__(self, cfg, distribution: distribute.Distribution):
         self.cfg, self.vocab = cfg, CharVocab()
         self.data, self.sample_rate, stats = featurized(cfg, self.vocab)
+        self.warp = None
+        if cfg.vtlp:
+            edges = band_edges(cfg, self.sample_rate)
+            if edges is None:
+                raise ValueError(f"--vtlp needs to know the mel filters behind the features; "
+                                 f"--dataset={cfg.dataset} does not say: use --vtlp=0")
+            self.warp = (cfg.vtlp, edges)
         with distribution.scope():  # the weights mirrored over the replicas
             self.model = model = build_las(cfg, self.vocab)
         if stats is not None:  # global CMVN: saved with the weights (a resume restores them)
@@ -131,8 +138,10 @@ class SpeechTask(TrainingTask):
         self.rate = teacher_forcing_rate(cfg, epoch)
         self.optimizer.learning_rate.assign(cfg.lr * cfg.lr_epoch_decay ** epoch)
         seed = cfg.seed * 1000 + epoch
+        augment = cfg.spec_augment or self.warp is not None
         batches = speech_features.batches(self.data["train"], cfg.batch_size, shuffle_seed=seed,
-                                          augment_seed=seed if cfg.spec_augment else None)
+                                          augment_seed=seed if augment else None,
+                                          masks=cfg.spec_augment, warp=self.warp)
         return batches.skip(start), None
 
     def step(self, batch, step):
