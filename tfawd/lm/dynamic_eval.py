@@ -171,10 +171,6 @@ class DynamicEvaluator:
         scalar = tf.TensorSpec([], tf.float32)
 
         def segment(x, y, states, lr, lam):
-            with lstm_kernel.adapting():  # the recurrences' loops as XLA computations
-                return adapt_to(x, y, states, lr, lam)
-
-        def adapt_to(x, y, states, lr, lam):
             if self._tied is not None:
                 nll, states, acts = self._segment_tied(x, y, states, lr, lam)
                 return nll[0], states, tf.cast(acts["raw_last"], tf.float32)[0]
@@ -207,7 +203,8 @@ class DynamicEvaluator:
                 x = tf.slice(ids, [i * bptt], [bptt])[None]
                 y = tf.slice(ids, [i * bptt + 1], [bptt])[None]
                 states = [tuple(flat[2 * j:2 * j + 2]) for j in range(nlayers)]
-                nll, states, h = segment(x, y, states, lr, lam)
+                with lstm_kernel.adapting():  # the recurrences' loops as XLA computations
+                    nll, states, h = segment(x, y, states, lr, lam)
                 flat = [t for layer in states for t in layer]
                 total += tf.cast(tf.reduce_sum(nll), tf.float64)
                 if keep:

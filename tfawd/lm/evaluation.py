@@ -26,8 +26,10 @@ class Evaluator:
         self._steps = {}
         self._twin = None
 
-    def _scorer(self, batch_size):
-        """The model that scores batches of `batch_size`, holding the current weights."""
+    def scorer(self, batch_size):
+        """The model that scores batches of `batch_size`, holding the current weights: the
+        model itself, or at batch <= FLOAT32_MAX_BATCH a mixed-precision model's float32
+        twin."""
         if batch_size > FLOAT32_MAX_BATCH or self.model.compute_dtype == "float32":
             return self.model
         if self._twin is None:
@@ -37,7 +39,7 @@ class Evaluator:
 
     def _step(self, batch_size):
         if batch_size not in self._steps:
-            model = self._scorer(batch_size)
+            model = self.scorer(batch_size)
             state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
             ids = tf.TensorSpec([batch_size, None], tf.int32)
 
@@ -53,7 +55,7 @@ class Evaluator:
     def evaluate(self, ids, batch_size: int, bptt: int) -> dict:
         """{'nll', 'ppl', 'tokens', 'seconds', 'tokens_per_s'} of the stream `ids`."""
         start = time.perf_counter()
-        self._scorer(batch_size)  # the twin takes the current weights
+        self.scorer(batch_size)  # the twin takes the current weights
         step = self._step(batch_size)
         states = self.model.initial_state(batch_size)
         total, count = 0.0, 0

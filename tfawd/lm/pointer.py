@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.bptt import bptt_dataset
-from tfawd.lm.models import copy_weights, float32_twin
+from tfawd.lm.evaluation import Evaluator
 from tfawd.nn import lstm_kernel
 from tfawd.nn.losses import perplexity
 
@@ -31,11 +31,7 @@ def collect(model, ids, batch_size: int, bptt: int):
     log-probability of each target. At batch <= FLOAT32_MAX_BATCH a mixed-precision model
     runs as its float32 twin, as `Evaluator` scores it (faster there, and the cache's base
     perplexity is then the batch-1 evaluation's)."""
-    from tfawd.lm.evaluation import FLOAT32_MAX_BATCH
-    if batch_size <= FLOAT32_MAX_BATCH and model.compute_dtype != "float32":
-        twin = float32_twin(model)
-        copy_weights(model, twin)
-        model = twin
+    model = Evaluator(model).scorer(batch_size)
     state_spec = [(tf.TensorSpec([batch_size, None]),) * 2 for _ in model.initial_state(1)]
     spec = tf.TensorSpec([batch_size, None], tf.int32)
 
