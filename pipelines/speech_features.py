@@ -76,17 +76,19 @@ def normalise(features: tf.Tensor) -> tf.Tensor:
     return (features - mean) * tf.math.rsqrt(var + 1e-5)
 
 
-def spec_augment(features, seed, freq_masks=2, freq_width=6, time_masks=2, time_frac=0.05):
-    """SpecAugment (Park et al. 2019) without warping: zero `freq_masks` bands of up to
-    `freq_width` and `time_masks` spans of up to `time_frac` of the frames; `seed` is an int
-    [2] (stateless, so the masks depend on the seed only)."""
+def spec_augment(features, seed, freq_masks=2, freq_frac=0.15, time_masks=2, time_frac=0.05):
+    """SpecAugment (Park et al. 2019) without warping: zero `freq_masks` spans of up to
+    `freq_frac` of the bands (6 of 40 log-mels, 2 of 13 cepstra) and `time_masks` spans of up
+    to `time_frac` of the frames; `seed` is an int [2] (stateless, so the masks depend on the
+    seed only)."""
     frames, bands = tf.shape(features)[0], tf.shape(features)[1]
     keep = tf.ones_like(features)
     seeds = tf.random.experimental.stateless_split(seed, freq_masks + time_masks)
     max_t = tf.maximum(1, tf.cast(tf.cast(frames, tf.float32) * time_frac, tf.int32))
+    max_f = tf.maximum(1, tf.cast(tf.round(tf.cast(bands, tf.float32) * freq_frac), tf.int32))
     for i in range(freq_masks + time_masks):
         is_freq = i < freq_masks
-        size, limit = (bands, freq_width) if is_freq else (frames, max_t)
+        size, limit = (bands, max_f) if is_freq else (frames, max_t)
         u = tf.random.stateless_uniform([2], seeds[i])
         width = tf.cast(u[0] * tf.cast(limit + 1, tf.float32), tf.int32)
         start = tf.cast(u[1] * tf.cast(tf.maximum(size - width, 1), tf.float32), tf.int32)
@@ -204,11 +206,12 @@ def batches(examples: tf.data.Dataset, batch_size: int, shuffle_seed=None, augme
         examples = tf.data.Dataset.zip(examples, pairs).map(
             lambda ex, s: {**ex, "features": augment(ex["features"], s)},
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    bands = examples.element_spec["features"].shape[-1]  # 40 log-mels, 13 cepstra
     ref = bucket_boundaries[0]
     sizes = [max(1, batch_size * ref // b) for b in (ref,) + tuple(bucket_boundaries)]
     return examples.bucket_by_sequence_length(
         lambda ex: ex["frames"], list(bucket_boundaries), sizes,
-        padded_shapes={"features": [None, N_MELS], "frames": [], "labels": [None],
+        padded_shapes={"features": [None, bands], "frames": [], "labels": [None],
                        "transcript": []},
         padding_values={"features": 0.0, "frames": 0, "labels": 0, "transcript": ""},
         drop_remainder=False).prefetch(tf.data.AUTOTUNE)

@@ -37,17 +37,38 @@ def test_an4_splits_come_through_the_speech_data_path(an4_data):
     assert texts(other[0]["valid"]) == texts(data["valid"])
 
 
-def test_the_export_transcribes_an4_cepstra_as_their_log_mels(tmp_path):
+def test_cepstra_come_through_the_same_path_as_13_bands(an4_data):
+    """--features=cepstra: AN4's 13 stored cepstra per frame, normalised by their own training
+    statistics, padded into [B, T, 13] batches (SpecAugment masks scaled to 13 bands)."""
+    from pipelines import speech_features
+    cfg, (logmel, _, _) = an4_data
+    data, _, (mean, std) = featurized(dataclasses.replace(cfg, features="cepstra"), CharVocab())
+    assert mean.shape == std.shape == (13,)
+    first = next(data["valid"].as_numpy_iterator())
+    assert first["features"].shape[1] == 13
+    assert first["transcript"] == next(logmel["valid"].as_numpy_iterator())["transcript"]
+    raw = an4.load_features(an4.list_utterances(cfg.data_dir, "valid")[:1], "cepstra")[0]
+    np.testing.assert_allclose(first["features"], (raw - mean) / std, atol=1e-4)
+    batch = next(iter(speech_features.batches(data["train"], 8, shuffle_seed=1, augment_seed=1)))
+    assert batch["features"].shape[-1] == 13
+
+
+@pytest.mark.parametrize("features", ["logmel", "cepstra"])
+def test_the_export_transcribes_an4_cepstra_as_their_log_mels(tmp_path, features):
+    """The export takes either form and turns it into the one the model was trained on
+    (`--features`): the same transcripts and scores for cepstra and their log-mels, equal to
+    decoding the model's own form directly."""
     keras.utils.set_random_seed(2)
     vocab = CharVocab()
+    dim = {"logmel": 40, "cepstra": 13}[features]
     model = las.ListenAttendSpell(len(vocab), listener_units=16, speller_units=24,
                                   attention_dim=12, embed_dim=8, frame_stack=3,
                                   max_chars_per_frame=0.2, feature_norm="global",
-                                  attention="location")
-    model.teacher_forced(tf.zeros([1, 3, 40]), tf.constant([3]), tf.constant([[2]]))
+                                  attention="location", feature_dim=dim, features=features)
+    model.teacher_forced(tf.zeros([1, 3, dim]), tf.constant([3]), tf.constant([[2]]))
     rng = np.random.default_rng(0)
-    model.set_feature_stats(rng.normal(size=40).astype(np.float32),
-                            rng.uniform(0.5, 2, 40).astype(np.float32))
+    model.set_feature_stats(rng.normal(size=dim).astype(np.float32),
+                            rng.uniform(0.5, 2, dim).astype(np.float32))
     path = export_speech_model(model, vocab, 16000, 30, str(tmp_path), "an4")
     served = tf.saved_model.load(path).signatures["transcribe_features"]
 
@@ -59,7 +80,8 @@ def test_the_export_transcribes_an4_cepstra_as_their_log_mels(tmp_path):
     by_logmel = served(features=tf.constant(logmel), lengths=tf.constant(lengths))
     assert by_cepstra["transcripts"].numpy().tolist() == by_logmel["transcripts"].numpy().tolist()
     np.testing.assert_allclose(by_cepstra["scores"], by_logmel["scores"], atol=1e-4)
-    tokens, scores, _ = model.greedy(model.normalise(tf.constant(logmel), lengths),
+    own = logmel if features == "logmel" else cepstra
+    tokens, scores, _ = model.greedy(model.normalise(tf.constant(own), lengths),
                                      tf.constant(lengths), 30)
     assert [t.decode() for t in by_logmel["transcripts"].numpy()] == [
         vocab.decode(t) for t in tokens.numpy()]

@@ -53,8 +53,11 @@ def test_vocab_round_trip_and_unknown_characters():
         vocab.encode(tf.constant("Seven"))
 
 
-def test_spec_augment_masks_are_seeded_bands_and_spans():
-    feats = tf.ones([100, 40])
+@pytest.mark.parametrize("bands,widest", [(40, 6), (13, 2)], ids=["logmel", "cepstra"])
+def test_spec_augment_masks_are_seeded_bands_and_spans(bands, widest):
+    """Two band masks of up to 15% of the bands each (6 of 40 log-mels, 2 of 13 cepstra) and
+    two frame spans of up to 5% of the frames, the same for the same seed."""
+    feats = tf.ones([100, bands])
     a = sf.spec_augment(feats, tf.constant([1, 2], tf.int64)).numpy()
     b = sf.spec_augment(feats, tf.constant([1, 2], tf.int64)).numpy()
     c = sf.spec_augment(feats, tf.constant([3, 4], tf.int64)).numpy()
@@ -63,7 +66,10 @@ def test_spec_augment_masks_are_seeded_bands_and_spans():
     zero_bands = (a == 0).all(axis=0)  # masked bands are zero in every frame
     zero_frames = (a == 0).all(axis=1)
     assert ((a == 0) == (zero_bands[None, :] | zero_frames[:, None])).all()
-    assert zero_bands.sum() <= 2 * 6 and zero_frames.sum() <= 2 * 5
+    assert zero_bands.sum() <= 2 * widest and zero_frames.sum() <= 2 * 5
+    widths = [(sf.spec_augment(feats, tf.constant([s, 9], tf.int64)).numpy() == 0).all(0).sum()
+              for s in range(60)]
+    assert max(widths) > widest  # two masks together exceed one mask's widest (not all zero)
 
 
 def _centres_hz(bands, edges):
@@ -143,9 +149,11 @@ def test_vtlp_needs_the_filterbank_of_the_features():
 
     from pipelines import an4
     from tfawd.speech.data import band_edges
-    assert band_edges(SimpleNamespace(dataset="an4"), 0) == an4.BAND_EDGES_HZ
-    assert band_edges(SimpleNamespace(dataset="spoken_digits"), 8000) == (20.0, 4000.0)
-    assert band_edges(SimpleNamespace(dataset="npy"), 0) is None
+    cfg = lambda **kw: SimpleNamespace(**{"features": "logmel", **kw})  # noqa: E731
+    assert band_edges(cfg(dataset="an4"), 0) == an4.BAND_EDGES_HZ
+    assert band_edges(cfg(dataset="spoken_digits"), 8000) == (20.0, 4000.0)
+    assert band_edges(cfg(dataset="npy"), 0) is None
+    assert band_edges(cfg(dataset="an4", features="cepstra"), 0) is None  # no bands
 
 
 def test_splits_follow_the_official_takes_and_hold_out_a_speaker(data_dir):

@@ -169,3 +169,19 @@ def test_global_feature_normalisation_is_measured_on_train_and_saved_with_the_we
     assert scores["valid_greedy"]["cer"] == final["valid_greedy"]["cer"]
     _, _, stats = featurized(cfg, CharVocab(), (mean + 1, std))
     assert stats[0][0] == mean[0] + 1  # given statistics are used, not measured again
+
+
+def test_an4_cepstra_run_keeps_its_input_form_for_evaluation(data_dir, tmp_path):
+    """--features=cepstra trains on 13 numbers a frame; the folder remembers it (model.json),
+    so evaluating it without the flag rebuilds the 13-band model and scores as the run did."""
+    cfg = tiny_cfg(data_dir, tmp_path / "run", dataset="an4", features="cepstra",
+                   feature_norm="global", max_steps=2, beam_size=1, max_decode_len=8)
+    final = speech_training.train(cfg)
+    config = json.load(open(tmp_path / "run" / "model.json"))["config"]
+    assert (config["features"], config["feature_dim"]) == ("cepstra", 13)
+    again = dataclasses.replace(cfg, features="logmel", feature_norm="utterance", explicit=())
+    assert trained_model_flags(again).features == "cepstra"
+    scores = speech_evaluation.evaluate(again)
+    assert scores["valid_greedy"]["cer"] == final["valid_greedy"]["cer"]
+    with pytest.raises(RunError, match="features"):  # a conflicting flag given by the user
+        trained_model_flags(dataclasses.replace(cfg, features="logmel", explicit=("features",)))

@@ -40,6 +40,10 @@ class SpeechConfig(RunFlags):
     vtlp: float = _f(0.0, "VTLP (Jaitly & Hinton 2013): each training utterance's frequency "
                           "axis scaled by a factor drawn from [1 - this, 1 + this], as another "
                           "speaker's vocal tract would (0: off; the paper drew from 0.9-1.1).")
+    features: str = _f("logmel", "Input features: logmel (40 log-mel bands: from the audio, or "
+                                 "for AN4 from its cepstra by the inverse DCT) or cepstra (AN4 "
+                                 "only: its 13 Sphinx cepstra as stored).",
+                       choices=("logmel", "cepstra"))
     feature_norm: str = _f("utterance", "Feature normalisation: utterance (each utterance's "
                                         "bands to zero mean, unit variance over its own frames) "
                                         "or global (by the training split's per-band mean and "
@@ -134,6 +138,12 @@ def define_flags(fv=flags.FLAGS):
                              "--ema_decay must be in [0, 1)", flag_values=fv)
     flags.register_validator("guided_attention_width", lambda v: v > 0,
                              "--guided_attention_width must be positive", flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["features", "dataset", "vtlp"], lambda v: v["features"] != "cepstra" or (
+            v["dataset"] == "an4" and not v["vtlp"]),
+        "--features=cepstra exists for --dataset=an4 only (its stored form; audio gives "
+        "log-mels) and has no mel bands for --vtlp to warp: use --features=logmel",
+        flag_values=fv)
     flags.register_validator("vtlp", lambda v: 0 <= v < 0.5,
                              "--vtlp must be in [0, 0.5) (the warp factor's spread; 0.1 is "
                              "the paper's)", flag_values=fv)

@@ -35,10 +35,13 @@ def sources(cfg) -> tuple:
             speech_sources.read_manifest(paths[0])[0][0]))[1])
         return ({s: speech_sources.manifest_dataset(p)
                  for s, p in zip(("train", "valid", "test"), paths)}, rate)
-    if cfg.dataset == "an4":  # precomputed features (40 log-mels from the cepstra), no audio
+    if cfg.features != "logmel" and cfg.dataset != "an4":
+        raise ValueError(f"--features={cfg.features} exists for --dataset=an4 only: use "
+                         f"--features=logmel")
+    if cfg.dataset == "an4":  # precomputed features (the cepstra or log-mels from them), no audio
         from pipelines import an4
         # the validation speakers do not move with --seed: every run selects on the same ones
-        return ({s: an4.dataset(cfg.data_dir, s, features="logmel", seed=0)
+        return ({s: an4.dataset(cfg.data_dir, s, features=cfg.features, seed=0)
                  for s in an4.SPLITS}, 0)
     if cfg.dataset == "npy":
         return ({"train": speech_sources.npy_dataset(cfg.npy_prefix, "train"),
@@ -46,9 +49,19 @@ def sources(cfg) -> tuple:
     raise ValueError(f"--dataset={cfg.dataset} is not speech data")
 
 
+def feature_dim(cfg) -> int:
+    """Bands per frame of --features: 13 for AN4's cepstra, else 40 log-mels."""
+    if cfg.features == "cepstra":
+        from pipelines import an4
+        return an4.N_CEPSTRA
+    return speech_features.N_MELS
+
+
 def band_edges(cfg, sample_rate: int):
     """(lowest, highest) Hz of the mel filters behind --dataset's features (for VTLP), or
-    None when unknown (seed 003's `.npy` features)."""
+    None when unknown (seed 003's `.npy` features) or not bands (AN4's cepstra)."""
+    if cfg.features == "cepstra":
+        return None
     if cfg.dataset == "an4":
         from pipelines import an4
         return an4.BAND_EDGES_HZ

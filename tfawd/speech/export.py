@@ -3,7 +3,8 @@
 - `transcribe_wav`: wav string [B] (file bytes) -> transcripts string [B], scores float32 [B],
   attention float32 [B, L, T'], frames int32 [B] (encoder frames of each utterance).
 - `transcribe_features`: features float32 [B, T, 40] (log-mels as `log_mel` computes them) or
-  [B, T, 13] (Sphinx cepstra, AN4's features), lengths int32 [B] -> the same outputs.
+  [B, T, 13] (Sphinx cepstra, AN4's features; either is turned into the form the model was
+  trained on), lengths int32 [B] -> the same outputs.
 Bad requests give InvalidArgument errors naming the problem (parameter ranges, not a WAV file,
 wrong sample rate, empty audio, wrong feature size), never a crash.
 
@@ -71,8 +72,9 @@ class SpeechSignatures:
 
     def transcribe_features(self, features, lengths):
         """features: log-mels [B, T, 40] as `log_mel` computes them, or Sphinx cepstra
-        [B, T, 13] (AN4's .mfc frames), turned into log-mels by the inverse DCT the AN4 reader
-        uses (`pipelines.an4.to_logmel`); not normalised (the model does it)."""
+        [B, T, 13] (AN4's .mfc frames), turned into the model's input by the DCT pair the AN4
+        reader uses (`pipelines.an4.to_logmel` / `to_cepstra`); not normalised (the model
+        does it)."""
         shape = tf.shape(features)
         bands = shape[-1]
         checks = [
@@ -87,12 +89,16 @@ class SpeechSignatures:
                                          "utterance)"),
             tf.debugging.assert_less_equal(lengths, shape[1], message="lengths must be at most "
                                            "the frames dimension of features")]
+        dim = self.model.feature_dim
         with tf.control_dependencies(checks):
-            to_logmel = tf.constant(an4.CEPSTRA_TO_LOGMEL, tf.float32)
-            features = tf.cond(bands == an4.N_CEPSTRA,
-                               lambda: tf.einsum("btc,cm->btm", features, to_logmel),
+            # the one of the two forms the model does not take goes through the DCT pair
+            other, matrix = ((an4.N_CEPSTRA, an4.CEPSTRA_TO_LOGMEL) if dim == N_MELS
+                             else (N_MELS, an4.LOGMEL_TO_CEPSTRA))
+            features = tf.cond(bands == other,
+                               lambda: tf.einsum("btc,cm->btm", features,
+                                                 tf.constant(matrix, tf.float32)),
                                lambda: tf.identity(features))
-            features = tf.ensure_shape(features, [None, None, N_MELS])
+            features = tf.ensure_shape(features, [None, None, dim])
             lengths = tf.identity(lengths)
         return self._decode(self.model.normalise(features, lengths), lengths)
 
@@ -100,14 +106,17 @@ class SpeechSignatures:
 def export_speech_model(model, char_vocab, sample_rate: int, max_decode_len: int,
                         base_dir: str, name: str) -> str:
     """Writes the recogniser `model` as the next version of `<base_dir>/<name>`, traced with
-    standard kernels only (`tfawd.nn.fusion`). `sample_rate` 0: a model trained on precomputed
-    features (AN4's cepstra), whose features no wav front end here reproduces: exported with
-    `transcribe_features` only (also its serving_default)."""
+    standard kernels only (`tfawd.nn.fusion`). `sample_rate` 0, or a model whose input is not
+    40 log-mels: a model trained on precomputed features (AN4's cepstra), whose features no
+    wav front end here reproduces: exported with `transcribe_features` only (also its
+    serving_default)."""
     with fusion.standard_kernels():
         return _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name)
 
 
 def _export(model, char_vocab, sample_rate, max_decode_len, base_dir, name):
+    if model.feature_dim != N_MELS:  # trained on AN4's cepstra: no wav front end makes them
+        sample_rate = 0
     sig = SpeechSignatures(model, char_vocab, sample_rate, max_decode_len)
     archive = keras.export.ExportArchive()
     # no track(model): LAS has no call(), so Keras never marks it built; the endpoints

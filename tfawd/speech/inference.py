@@ -13,29 +13,34 @@ from tfawd.core.checkpoints import load_config, restore_weights, weights_checkpo
 from tfawd.core.run_dir import RunDir
 from tfawd.core.run_flags import check_architecture
 from tfawd.core.run_guard import RunError
+from tfawd.speech.data import feature_dim
 from tfawd.speech.las import ListenAttendSpell
 
 FIX_RESULTS = "restore it from a copy of the run folder, or re-run its training command"
 
 
 def build_las(cfg, vocab: CharVocab) -> ListenAttendSpell:
+    dim = feature_dim(cfg)
     model = ListenAttendSpell(len(vocab), vocab.sos_id, vocab.eos_id, cfg.listener_units,
                               cfg.speller_units, cfg.attention_dim, cfg.char_embed_dim,
                               cfg.pyramid_layers, cfg.frame_stack, cfg.attention_window,
                               cfg.attention_window_back, cfg.max_chars_per_frame,
-                              cfg.ctc_weight, cfg.attention, cfg.feature_norm)
-    model.teacher_forced(tf.zeros([1, 4, speech_features.N_MELS]), tf.constant([4]),
+                              cfg.ctc_weight, cfg.attention, cfg.feature_norm, dim,
+                              cfg.features)
+    model.teacher_forced(tf.zeros([1, 4, dim]), tf.constant([4]),
                          tf.constant([[vocab.eos_id]]))
     return model
 
 
-BATCH_SPEC = (tf.TensorSpec([None, None, speech_features.N_MELS], tf.float32),
-              tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.int32))
+def batch_spec(bands: int) -> tuple:
+    """Signature of a padded batch: features [B, T, bands], frames [B], labels [B, L]."""
+    return (tf.TensorSpec([None, None, bands], tf.float32),
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.int32))
 
 
 def make_decoder(model, max_len: int, beam_size: int = 1):
     """(features, frames) -> (tokens [B, max_len], scores [B], attention [B, max_len, T'])."""
-    @tf.function(input_signature=BATCH_SPEC[:2])
+    @tf.function(input_signature=batch_spec(model.feature_dim)[:2])
     def decode(features, frames):
         if beam_size == 1:
             return model.greedy(features, frames, max_len)
@@ -51,7 +56,8 @@ MODEL_FLAGS = {"listener_units": "listener_units", "frame_stack": "frame_stack",
                "attention_window": "attention_window",
                "attention_window_back": "attention_window_back",
                "max_chars_per_frame": "max_chars_per_frame", "ctc_weight": "ctc_weight",
-               "attention": "attention", "feature_norm": "feature_norm"}
+               "attention": "attention", "feature_norm": "feature_norm",
+               "features": "features"}
 
 
 def _saved_model_flags(cfg) -> dict | None:

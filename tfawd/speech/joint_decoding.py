@@ -15,11 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfawd.speech.ctc import ctc_greedy, joint_beam_search
-from tfawd.speech.inference import BATCH_SPEC
+from tfawd.speech.inference import batch_spec
 
 
 def _encode(model, max_len):
-    @tf.function(input_signature=BATCH_SPEC[:2])
+    @tf.function(input_signature=batch_spec(model.feature_dim)[:2])
     def encode(features, frames):
         keys, values, mask = model.listen(features, frames)
         ctc = tf.nn.log_softmax(tf.cast(model.ctc_head(values), tf.float32))

@@ -201,7 +201,7 @@ class ListenAttendSpell(keras.Model):
                  attention_dim=128, embed_dim=64, pyramid_layers=0, frame_stack=1,
                  attention_window=0, attention_window_back=3, max_chars_per_frame=0.0,
                  ctc_weight=0.0, attention="dot", feature_norm="utterance", feature_dim=40,
-                 **kwargs):
+                 features="logmel", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.sos_id, self.eos_id = vocab_size, sos_id, eos_id
         self.ctc_weight = ctc_weight
@@ -230,10 +230,21 @@ class ListenAttendSpell(keras.Model):
                             attention_window_back=attention_window_back,
                             max_chars_per_frame=max_chars_per_frame, ctc_weight=ctc_weight,
                             attention=attention, feature_norm=feature_norm,
-                            feature_dim=feature_dim)
+                            feature_dim=feature_dim, features=features)
 
     def get_config(self):
         return {**super().get_config(), **self._config}
+
+    @property
+    def feature_dim(self) -> int:
+        """Bands per input frame (40 log-mels; 13 for AN4's cepstra)."""
+        return self._config["feature_dim"]
+
+    @property
+    def input_features(self) -> str:
+        """The name of the input representation (`--features`), kept with the architecture so
+        that evaluation and export rebuild the same input."""
+        return self._config["features"]
 
     def set_feature_stats(self, mean, std):
         """Global CMVN's statistics (the training split's), kept with the weights."""

@@ -28,7 +28,7 @@ from tfawd.speech import evaluation as speech_eval
 from tfawd.speech.ctc import ctc_loss
 from tfawd.speech.data import band_edges, featurized
 from tfawd.speech.evaluation import N_ATTENTION, eval_batches, evaluate_splits, transcribe
-from tfawd.speech.inference import BATCH_SPEC, build_las, make_decoder
+from tfawd.speech.inference import batch_spec, build_las, make_decoder
 from tfawd.speech.las import encoder_frames, guided_attention_loss
 
 
@@ -94,7 +94,7 @@ def make_train_step(model, optimizer, cfg, strategy=None):
         optimizer.apply(grads, model.trainable_variables)
         return loss, guided, ctc
 
-    @tf.function(input_signature=BATCH_SPEC + (tf.TensorSpec([], tf.float32),
+    @tf.function(input_signature=batch_spec(model.feature_dim) + (tf.TensorSpec([], tf.float32),
                                                tf.TensorSpec([2], tf.int32)))
     def step(features, frames, labels, rate, seed):
         return distribute.first_local(strategy, strategy.run(
@@ -117,8 +117,9 @@ class SpeechTask(TrainingTask):
         if cfg.vtlp:
             edges = band_edges(cfg, self.sample_rate)
             if edges is None:
-                raise ValueError(f"--vtlp needs to know the mel filters behind the features; "
-                                 f"--dataset={cfg.dataset} does not say: use --vtlp=0")
+                raise ValueError(f"--vtlp warps mel bands; --dataset={cfg.dataset} "
+                                 f"--features={cfg.features} has none it knows the filters "
+                                 f"of: use --vtlp=0")
             self.warp = (cfg.vtlp, edges)
         with distribution.scope():  # the weights mirrored over the replicas
             self.model = model = build_las(cfg, self.vocab)
