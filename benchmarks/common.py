@@ -132,3 +132,24 @@ def emit(result: dict, out: str | None = None, hidden: tuple = ()) -> None:
                      default=float), flush=True)
     if out:
         write_json(out, result)
+
+
+def train_runs(jobs, parallel: bool) -> None:
+    """Runs `main.py` once per job (name, argv after main.py, model_dir), one after another or
+    side by side; each logs to `<model_dir>.log`. A failed run stops the benchmark naming its
+    log."""
+    procs = []
+    for name, args, model_dir in jobs:
+        os.makedirs(model_dir, exist_ok=True)
+        log = open(f"{model_dir}.log", "a")
+        argv = [sys.executable, os.path.join(REPO, "main.py"), *args]
+        print(f"{name}: {' '.join(argv[1:])}", flush=True)
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((name, model_dir, proc, log))
+        if not parallel:
+            proc.wait()
+    for name, model_dir, proc, log in procs:
+        proc.wait()
+        log.close()
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} failed (exit {proc.returncode}): see {model_dir}.log")

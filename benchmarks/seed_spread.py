@@ -21,8 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 
 import common  # first: sys.path and oneDNN
 from absl import app, flags
@@ -44,8 +42,8 @@ SPLITS = ("valid", "test", "heldout")
 
 
 def seed_args(seed: int, model_dir: str) -> list:
-    args = [sys.executable, os.path.join(common.REPO, "main.py"), f"--flagfile={FLAGS.config}",
-            f"--seed={seed}", f"--model_dir={model_dir}", *FLAGS.flags.split()]
+    args = [f"--flagfile={FLAGS.config}", f"--seed={seed}", f"--model_dir={model_dir}",
+            *FLAGS.flags.split()]
     if FLAGS.parallel:
         args += [f"--intra_op_threads={FLAGS.threads_per_run}",
                  f"--inter_op_threads={FLAGS.threads_per_run}"]
@@ -64,22 +62,8 @@ def finished(model_dir: str, seed: int):
 
 def train(seeds, dirs) -> None:
     """Runs the seeds not finished yet; their logs go to WORK/seedS.log."""
-    todo = [(s, d) for s, d in zip(seeds, dirs) if finished(d, s) is None]
-    procs = []
-    for seed, model_dir in todo:
-        os.makedirs(model_dir, exist_ok=True)
-        log = open(f"{model_dir}.log", "a")
-        print(f"seed {seed}: {' '.join(seed_args(seed, model_dir)[1:])}", flush=True)
-        proc = subprocess.Popen(seed_args(seed, model_dir), cwd=common.REPO, stdout=log,
-                                stderr=subprocess.STDOUT)
-        procs.append((seed, model_dir, proc, log))
-        if not FLAGS.parallel:
-            proc.wait()
-    for seed, model_dir, proc, log in procs:
-        proc.wait()
-        log.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"seed {seed} failed (exit {proc.returncode}): see {model_dir}.log")
+    common.train_runs([(f"seed {s}", seed_args(s, d), d) for s, d in zip(seeds, dirs)
+                       if finished(d, s) is None], FLAGS.parallel)
 
 
 def stats(values) -> dict:
