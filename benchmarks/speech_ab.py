@@ -85,7 +85,8 @@ def main():
     result = {**common.record("speech_ab"), "config": FLAGS.config, "seed": FLAGS.seed,
               "common_flags": FLAGS.flags, "select": FLAGS.select,
               "conditions": ("side by side, one thread each" if FLAGS.parallel
-                             else "one after another, all cores"),
+                             else "one after another, all cores")
+              + (f"; {FLAGS.note}" if FLAGS.note else ""),
               "chosen": best,
               "by_arm": {a: runs[a][FLAGS.select]["cer"] for a in arms}, "runs": runs}
     common.emit(result, FLAGS.out, hidden=("runs",))
@@ -103,6 +104,8 @@ def define_flags() -> None:
     flags.DEFINE_string("select", "valid_joint", "The validation decoding whose CER picks "
                         "the arm.")
     flags.DEFINE_string("out", None, "The JSON to write.")
+    flags.DEFINE_string("note", "", "What else the machine did meanwhile (recorded under "
+                        "`conditions`), e.g. 'the long run paused (SIGSTOP) throughout'.")
     flags.mark_flags_as_required(["config", "arms", "work_dir", "out"])
 
 
