@@ -230,6 +230,8 @@ class ListenAttendSpell(keras.Model):
                             attention_window_back=attention_window_back,
                             max_chars_per_frame=max_chars_per_frame, ctc_weight=ctc_weight,
                             attention=attention, feature_norm=feature_norm,
+                            # the --features name only rides along in the config (model.json),
+                            # so that evaluation and export rebuild the same input
                             feature_dim=feature_dim, features=features)
 
     def get_config(self):
@@ -239,12 +241,6 @@ class ListenAttendSpell(keras.Model):
     def feature_dim(self) -> int:
         """Bands per input frame (40 log-mels; 13 for AN4's cepstra)."""
         return self._config["feature_dim"]
-
-    @property
-    def input_features(self) -> str:
-        """The name of the input representation (`--features`), kept with the architecture so
-        that evaluation and export rebuild the same input."""
-        return self._config["features"]
 
     def set_feature_stats(self, mean, std):
         """Global CMVN's statistics (the training split's), kept with the weights."""
