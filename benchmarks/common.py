@@ -153,3 +153,14 @@ def train_runs(jobs, parallel: bool) -> None:
         log.close()
         if proc.returncode != 0:
             raise SystemExit(f"{name} failed (exit {proc.returncode}): see {model_dir}.log")
+
+
+def finished_run(model_dir: str, seed: int):
+    """The results.json of `model_dir` when it holds a finished run (final test scores) of
+    `seed`, else None: a benchmark that trains runs reads such a folder instead of retraining."""
+    path = os.path.join(model_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        res = json.load(f)
+    return res if res.get("flags", {}).get("seed") == seed and "test_greedy" in res else None

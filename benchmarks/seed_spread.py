@@ -17,7 +17,6 @@ stopped spread is continued by running the same command again.
   python benchmarks/seed_spread.py --config=configs/las_an4.cfg --seeds=1,2 --parallel \\
       --work_dir=runs/las_an4_seeds --out=results/las_an4.json
 """
-import json
 import os
 import shutil
 import statistics
@@ -50,20 +49,10 @@ def seed_args(seed: int, model_dir: str) -> list:
     return args
 
 
-def finished(model_dir: str, seed: int):
-    """The run's results.json when it is a finished run of `seed`, else None."""
-    path = os.path.join(model_dir, "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        res = json.load(f)
-    return res if res.get("flags", {}).get("seed") == seed and "test_greedy" in res else None
-
-
 def train(seeds, dirs) -> None:
     """Runs the seeds not finished yet; their logs go to WORK/seedS.log."""
     common.train_runs([(f"seed {s}", seed_args(s, d), d) for s, d in zip(seeds, dirs)
-                       if finished(d, s) is None], FLAGS.parallel)
+                       if common.finished_run(d, s) is None], FLAGS.parallel)
 
 
 def stats(values) -> dict:
@@ -102,7 +91,7 @@ def main():
                              "seeds (a spread needs two runs)")
     dirs = [os.path.join(FLAGS.work_dir, f"seed{s}") for s in seeds]
     train(seeds, dirs)
-    runs = {str(s): finished(d, s) for s, d in zip(seeds, dirs)}
+    runs = {str(s): common.finished_run(d, s) for s, d in zip(seeds, dirs)}
     missing = [s for s, r in runs.items() if r is None]
     if missing:
         raise SystemExit(f"seeds {missing} left no finished results.json in {FLAGS.work_dir}")

@@ -13,7 +13,6 @@ every choice). An arm whose folder already holds its finished run is read, not r
       --arms="logmel=;cepstra=--features=cepstra;logmel_vtlp=--vtlp=0.1" \\
       --work_dir=runs/an4_features_ab --out=results/las_an4_features_ab.json
 """
-import json
 import os
 
 import common  # first: sys.path and oneDNN
@@ -46,15 +45,6 @@ def arm_args(extra: list, model_dir: str) -> list:
     return args
 
 
-def finished(model_dir: str):
-    path = os.path.join(model_dir, "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        res = json.load(f)
-    return res if "test_greedy" in res else None
-
-
 def summary(res: dict, extra: list) -> dict:
     """What an A/B reader compares: the arm's flags and every decoding's scores."""
     out = {k: res[k] for k in KEPT if k in res}
@@ -79,8 +69,8 @@ def main():
     arms = parse_arms(FLAGS.arms)
     dirs = {a: os.path.join(FLAGS.work_dir, a) for a in arms}
     common.train_runs([(a, arm_args(arms[a], dirs[a]), dirs[a]) for a in arms
-                       if finished(dirs[a]) is None], FLAGS.parallel)
-    runs = {a: summary(finished(dirs[a]) or {}, arms[a]) for a in arms}
+                       if common.finished_run(dirs[a], FLAGS.seed) is None], FLAGS.parallel)
+    runs = {a: summary(common.finished_run(dirs[a], FLAGS.seed) or {}, arms[a]) for a in arms}
     best = choose(runs, FLAGS.select)
     result = {**common.record("speech_ab"), "config": FLAGS.config, "seed": FLAGS.seed,
               "common_flags": FLAGS.flags, "select": FLAGS.select,

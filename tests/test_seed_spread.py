@@ -10,6 +10,7 @@ import pytest
 from tfawd.core import readme_tables
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
 import seed_spread  # noqa: E402
 
 MACHINE = {"cpu": "AMD EPYC", "cores": 2, "isa": ["avx512f"], "bf16_units": ["avx512_bf16"]}
@@ -46,9 +47,9 @@ def test_the_summary_is_the_mean_and_range_over_the_seeds_of_every_shared_decodi
 
 def test_a_finished_run_of_another_seed_is_not_taken_for_this_one(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(run(1, 0.05, {})))
-    assert seed_spread.finished(str(tmp_path), 1)["flags"]["seed"] == 1
-    assert seed_spread.finished(str(tmp_path), 2) is None
-    assert seed_spread.finished(str(tmp_path / "absent"), 1) is None
+    assert common.finished_run(str(tmp_path), 1)["flags"]["seed"] == 1
+    assert common.finished_run(str(tmp_path), 2) is None
+    assert common.finished_run(str(tmp_path / "absent"), 1) is None
 
 
 def test_the_readme_gets_a_row_per_decoding_with_mean_range_and_machine(tmp_path):

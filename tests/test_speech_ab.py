@@ -8,6 +8,7 @@ import pytest
 from absl import app
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # noqa: E402
 import speech_ab  # noqa: E402
 
 
@@ -40,8 +41,8 @@ def test_a_run_is_summarised_by_its_scores_and_flags(tmp_path):
            "test_greedy": {"cer": 0.2, "wer": 0.3, "utterances": 130},
            "test_joint_per_speaker_cer": {"x": 0.1}}
     (tmp_path / "results.json").write_text(json.dumps(res))
-    out = speech_ab.summary(speech_ab.finished(str(tmp_path)), ["--vtlp=0.1"])
+    out = speech_ab.summary(common.finished_run(str(tmp_path), 1), ["--vtlp=0.1"])
     assert out["valid_joint"] == {"cer": 0.05, "wer": 0.1, "utterances": 102}
     assert out["arm_flags"] == ["--vtlp=0.1"] and out["epochs_completed"] == 7
     assert "test_joint_per_speaker_cer" not in out and "flags" not in out
-    assert speech_ab.finished(str(tmp_path / "absent")) is None
+    assert common.finished_run(str(tmp_path / "absent"), 1) is None
