@@ -7,7 +7,12 @@ perplexity after the given number of epochs. Writes one PNG (both curves, the se
 line) and prints a Markdown table of the run's figures at the anchor's epochs.
 
   python benchmarks/anchor_curve.py --history=results/awd_lstm_wt2_long_history.json \
-      --out=results/awd_lstm_wt2_long_curve.png
+      --out=results/awd_lstm_wt2_long_curve.png \
+      --compare="attempt 1 (run folder lost)=results/awd_lstm_wt2_long_attempt1_history.json"
+
+`--compare` draws earlier runs of the same recipe (e.g. one whose run folder was lost and which
+restarted from scratch) beside the run, so a reader sees whether the restart follows the same
+curve.
 """
 import json
 import os
@@ -31,6 +36,8 @@ SEED_VALID = next(p["valid"] for p in _PUBLISHED["wikitext2_ppl"]
 flags.DEFINE_string("history", None, "The run's history.json (or a results/*_history.json).")
 flags.DEFINE_string("out", None, "The PNG to write.")
 flags.DEFINE_string("label", "tfawd", "The run's name in the legend.")
+flags.DEFINE_multi_string("compare", [], "LABEL=HISTORY: an earlier run's history.json drawn "
+                          "beside the run (repeatable).")
 flags.mark_flags_as_required(["history", "out"])
 FLAGS = flags.FLAGS
 
@@ -53,15 +60,35 @@ def table(curve: list, anchor: dict = GLUONNLP_1150) -> str:
     return "\n".join(rows)
 
 
-def plot(curve: list, path: str, label: str, anchor: dict = GLUONNLP_1150) -> str:
+def parse_compare(specs: list) -> list:
+    """[(label, history path)] from --compare's LABEL=HISTORY values."""
+    pairs = []
+    for spec in specs:
+        label, sep, path = spec.rpartition("=")
+        if not sep or not label.strip() or not path.strip():
+            raise app.UsageError(f"--compare={spec!r}: expected LABEL=HISTORY, e.g. "
+                                 "--compare='attempt 1=results/x_history.json'")
+        if not os.path.isfile(path):
+            raise app.UsageError(f"--compare={spec!r}: no file {path}")
+        pairs.append((label.strip(), path))
+    return pairs
+
+
+def plot(curve: list, path: str, label: str, anchor: dict = GLUONNLP_1150,
+         others: tuple = ()) -> str:
+    """The run's curve (SGD and averaged parts), earlier runs `others` ([(label, curve)]) in
+    grey, the anchor's figures and the seed's line; log scale."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, (other_label, other) in enumerate(others):
+        ax.plot([e for e, _, _ in other], [p for _, p, _ in other], ".-",
+                color=str(0.45 + 0.2 * i), ms=3, lw=1, label=other_label)
     sgd = [(e, p) for e, p, avg in curve if not avg]
     avg = [(e, p) for e, p, a in curve if a]
     if sgd:
         ax.plot(*zip(*sgd), "o-", ms=3, label=f"{label}: SGD")
     if avg:
         ax.plot(*zip(*avg), "o-", ms=3, label=f"{label}: averaged (NT-ASGD)")
-    last = max([e for e, _, _ in curve] + [100])
+    last = max([e for e, _, _ in curve] + [e for _, o in others for e, _, _ in o] + [100])
     ax.plot(*zip(*[(e, p) for e, p in anchor.items() if e <= last]), "s--", ms=4,
             label="GluonNLP 400/1150 (published log)")
     ax.axhline(SEED_VALID, color="gray", lw=1, ls=":", label=f"seed's AWD-LSTM row ({SEED_VALID})")
@@ -82,7 +109,11 @@ def main():
         curve = epoch_curve(json.load(f))
     if not curve:
         raise app.UsageError(f"{FLAGS.history} holds no epoch-end validation yet")
-    plot(curve, FLAGS.out, FLAGS.label)
+    others = []
+    for other_label, other_path in parse_compare(FLAGS.compare):
+        with open(other_path) as f:
+            others.append((other_label, epoch_curve(json.load(f))))
+    plot(curve, FLAGS.out, FLAGS.label, others=others)
     print(table(curve))
     print(f"wrote {FLAGS.out}")
 

@@ -136,3 +136,17 @@ def test_speed_rows_name_the_machine_class_and_oneDNN_and_group_by_class(tmp_pat
                                                  "| AVX2 (emulated: EPYC with ISA caps)"]
     assert "| on | 1,500 | 1,000 | 1.81x (1.81) |" in rows[1]
     assert "| off |" in rows[2]
+
+
+def test_an_adaptive_softmax_row_says_so_beside_its_ratio(tmp_path):
+    """The reference trains the full softmax: a ratio of the adaptive step is not like for like."""
+    full = _bench("Xeon", ["avx2", "avx512f"], ["amx_bf16"], True, ratio=2.5)
+    adaptive = _bench("Xeon", ["avx2", "avx512f"], ["amx_bf16"], True, ratio=3.9)
+    adaptive["model"]["softmax"] = "adaptive"
+    (tmp_path / "lm_throughput_full.json").write_text(json.dumps(full))
+    (tmp_path / "lm_throughput_adaptive.json").write_text(json.dumps(adaptive))
+    rows = [r for r in report.performance_table(str(tmp_path)).splitlines() if r.startswith("| A")]
+    marked = [r for r in rows if "adaptive softmax |" in r]
+    assert len(marked) == 1 and "3.90x (3.90) (adaptive against the reference's full softmax)" \
+        in marked[0]
+    assert "softmax" not in next(r for r in rows if r not in marked)
