@@ -173,13 +173,15 @@ def _lstm_backward_loop(hs_all, cs, acts, d_hs, d_h_last, d_c_last, recurrent):
     """`lstm_recurrence`'s backward from the stacked forward of `_lstm_keep_loop`:
     (dz [T, B, 4H], dh_0, dc_0, dU)."""
     steps = tf.shape(acts)[0]
-    recurrent_t = tf.transpose(recurrent)
     d_hs = tf.cast(d_hs, tf.float32)
 
     def back(t, dh, dc, dz_ta):
         dz, dc_prev = _cell_backward(acts[t], cs[t + 1], cs[t], dh, dc, d_hs[t],
                                      recurrent.dtype)
-        return t - 1, tf.cast(tf.matmul(dz, recurrent_t), tf.float32), dc_prev, dz_ta.write(t, dz)
+        # dz U^T as a dot over U's rows: a transposed copy of U made first (as the graph-mode
+        # loop does) costs XLA a slow strided pass over all of U at every call
+        dh = tf.matmul(dz, recurrent, transpose_b=True)
+        return t - 1, tf.cast(dh, tf.float32), dc_prev, dz_ta.write(t, dz)
 
     _, dh0, dc0, dz = tf.while_loop(
         lambda t, *_: t >= 0, back,
