@@ -50,6 +50,26 @@ def test_outputs_and_all_four_gradients_equal_autodiff_of_the_plain_loop(xla, fn
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_bfloat16_gradients_follow_the_float32_ones():
+    """The bf16 backward (dz U^T by a transposed matmul of U, not a copy of U^T) computes the
+    same gradients as float32 up to bfloat16's rounding."""
+    z, h0, c0, u = inputs(steps=8, batch=4, units=16)
+    rng = np.random.default_rng(2)
+    weights = [tf.constant(rng.normal(size=s), tf.float32) for s in ([8, 4, 16], [4, 16],
+                                                                    [4, 16])]
+    _, want = loss_and_grads(lstm_recurrence, z, h0, c0, u, weights)
+    rounded = tf.cast(tf.cast(u, tf.bfloat16), tf.float32)  # the same U, rounded as bf16 sees it
+    _, ref = loss_and_grads(lstm_recurrence, tf.cast(tf.cast(z, tf.bfloat16), tf.float32), h0,
+                            c0, rounded, weights)
+    _, got = loss_and_grads(lambda z, h0, c0, u: lstm_recurrence(
+        tf.cast(z, tf.bfloat16), h0, c0, tf.cast(u, tf.bfloat16)), z, h0, c0, u, weights)
+    for g, r, w in zip(got, ref, want):
+        g = tf.cast(g, tf.float32).numpy()
+        scale = np.abs(w).max()
+        assert np.abs(g - r).max() < 0.03 * scale, np.abs(g - r).max() / scale
+        assert np.corrcoef(g.ravel(), np.asarray(w).ravel())[0, 1] > 0.999
+
+
 def test_it_runs_in_a_tf_function_for_any_length_without_retracing():
     z, h0, c0, u = inputs(steps=7)
 
