@@ -220,10 +220,11 @@ def lstm_window(z_in, h0, c0, recurrent):
 def _times_transposed(recurrent):
     """dz -> dz U^T for the backward loop of `lstm_recurrence`, in the faster form for U's
     dtype (oneDNN, per step [B, 4H] x [4H, H]). bfloat16: U as it is, transposed by the matmul
-    (1.5x faster a step than a copy of U^T made once per window on an AMX Xeon, 1.13-1.19x with
-    AMX disabled; H = 1150): oneDNN packs bf16 weights for its VNNI/AMX kernels, and U^T's
-    layout is the one it must repack at every call. float32: the copy of U^T (4-7% faster a
-    step there with oneDNN capped to AVX2)."""
+    (0.826 against 1.255 ms a step for a copy of U^T made once per window, batch 40, H = 1150,
+    AMX Xeon; faster with AMX disabled too): oneDNN packs bf16 weights for its VNNI/AMX
+    kernels, and U^T's layout is the one it must repack at every call. float32: the copy of
+    U^T (faster with oneDNN capped to AVX2). Figures:
+    results/before_after/lstm_backward_transpose_b_probe_intel_amx.json."""
     if recurrent.dtype == tf.bfloat16:
         return lambda dz: tf.matmul(dz, recurrent, transpose_b=True)
     recurrent_t = tf.transpose(recurrent)
