@@ -33,13 +33,18 @@ GLUONNLP_1150 = {int(e): p for e, p in
 SEED_VALID = next(p["valid"] for p in _PUBLISHED["wikitext2_ppl"]
                   if p["source"] == "seed 000" and p["model"] == "AWD-LSTM")
 
-flags.DEFINE_string("history", None, "The run's history.json (or a results/*_history.json).")
-flags.DEFINE_string("out", None, "The PNG to write.")
-flags.DEFINE_string("label", "tfawd", "The run's name in the legend.")
-flags.DEFINE_multi_string("compare", [], "LABEL=HISTORY: an earlier run's history.json drawn "
-                          "beside the run (repeatable).")
-flags.mark_flags_as_required(["history", "out"])
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The flags (defined when run as a script, so tests can import it beside the other
+    benchmarks that define --out)."""
+    flags.DEFINE_string("history", None, "The run's history.json (or a results/*_history.json).")
+    flags.DEFINE_string("out", None, "The PNG to write.")
+    flags.DEFINE_string("label", "tfawd", "The run's name in the legend.")
+    flags.DEFINE_multi_string("compare", [], "LABEL=HISTORY: an earlier run's history.json "
+                              "drawn beside the run (repeatable).")
+    flags.mark_flags_as_required(["history", "out"])
 
 
 def epoch_curve(history: list) -> list:
@@ -119,4 +124,5 @@ def main():
 
 
 if __name__ == "__main__":
+    define_flags()
     common.run(main)
