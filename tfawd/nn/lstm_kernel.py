@@ -178,8 +178,9 @@ def _lstm_backward_loop(hs_all, cs, acts, d_hs, d_h_last, d_c_last, recurrent):
     def back(t, dh, dc, dz_ta):
         dz, dc_prev = _cell_backward(acts[t], cs[t + 1], cs[t], dh, dc, d_hs[t],
                                      recurrent.dtype)
-        # dz U^T as a dot over U's rows: a transposed copy of U made first (as the graph-mode
-        # loop does) costs XLA a slow strided pass over all of U at every call
+        # dz U^T as a dot over U's rows: a transposed copy of U made first (what the graph-mode
+        # loop keeps for float32 oneDNN matmuls, `_times_transposed`) costs XLA a slow strided
+        # pass over all of U at every call
         dh = tf.matmul(dz, recurrent, transpose_b=True)
         return t - 1, tf.cast(dh, tf.float32), dc_prev, dz_ta.write(t, dz)
 
