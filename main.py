@@ -14,6 +14,7 @@ if importlib.util.find_spec("tensorflow") is None:  # the extras choose the buil
 from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported (tfawd/core/runtime.py says why)
+runtime.configure_malloc()
 
 from absl import app, flags  # noqa: E402
 

@@ -37,6 +37,7 @@ if REPO not in sys.path:
 from tfawd.core import files, runtime  # noqa: E402
 
 runtime.configure_onednn()  # before TensorFlow is imported
+runtime.configure_malloc()
 ORIGINAL_ARGS = list(sys.argv[1:])
 
 

@@ -6,6 +6,7 @@ import pathlib
 from tfawd.core import runtime
 
 runtime.configure_onednn()  # as main.py does, before TensorFlow is imported
+runtime.configure_malloc()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

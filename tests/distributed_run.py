@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tfawd.core import runtime  # noqa: E402
 
 runtime.configure_onednn()
+runtime.configure_malloc()
 
 from tfawd.core import distribute  # noqa: E402
 from tfawd.core.run_guard import Interrupted  # noqa: E402

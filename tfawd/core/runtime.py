@@ -13,6 +13,17 @@
 - **Precision** (`resolve_precision`): `--precision=auto` is mixed_bfloat16 where the hardware
   multiplies bfloat16 natively (x86 AMX / AVX512_BF16; an NVIDIA GPU of compute capability >= 8,
   Ampere on), float32 elsewhere: without such units bfloat16 is emulated and slower than float32.
+- **Memory allocator** (`configure_malloc`): glibc serves each allocation above 32 MB with a
+  fresh `mmap` and gives it back with `munmap` when it is freed, so every training step of the
+  paper config page-faults in (and the kernel zeroes) the ~370 MB [N, V] products, their
+  gradient and the other large temporaries again. On a 2-core Intel Xeon with AMX that halved
+  the speed of whatever wrote them: an element-wise pass over [5600, 33278] bf16 took 162 ms
+  and the output layer's product [5600x400]x[400x33278] 308 ms, against 77.5 and 199 ms with
+  the heap kept (results/before_after/malloc_probe_intel_amx.json). So the entry points call
+  `configure_malloc()`: on glibc it serves every allocation from the heap and keeps freed memory
+  for reuse (`mallopt`: no mmap, trim threshold 1 GiB). Peak memory is reused, not returned to
+  the system until the process ends. `TFAWD_MALLOC=system`, a `MALLOC_*_` or `GLIBC_TUNABLES`
+  variable, or an `LD_PRELOAD`ed allocator leaves glibc's defaults alone.
 - `machine()`: the CPU, its vector/matrix features, the oneDNN state and any ISA caps set in
   the environment, recorded with every figure (results.json, benchmark JSONs), since times are
   only comparable on one kind of CPU.
@@ -29,6 +40,11 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "XLA_FLAGS", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 _onednn_choice = None  # how configure_onednn() decided, for the records
+_malloc_choice = None  # how configure_malloc() decided, for the records
+MALLOC_VAR = "TFAWD_MALLOC"
+# glibc's mallopt parameters (malloc.h) and the values configure_malloc() sets.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+MALLOC_SETTINGS = {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 1 << 30, "M_TOP_PAD": 64 << 20}
 
 
 def cpu_flags() -> set:
@@ -86,6 +102,35 @@ def configure_onednn(environ=None) -> str:
     return choice
 
 
+def _user_chose_malloc(environ) -> bool:
+    return (environ.get(MALLOC_VAR, "") == "system" or "LD_PRELOAD" in environ
+            or any(k.startswith("MALLOC_") and k.endswith("_") for k in environ)
+            or "malloc" in environ.get("GLIBC_TUNABLES", ""))
+
+
+def configure_malloc(environ=None, libc=None) -> str:
+    """Keeps large freed blocks in glibc's heap for reuse instead of returning them to the
+    system (see the module docstring). Returns who decided: "user" (a variable says so),
+    "tfawd" (set here) or "unavailable" (not glibc). `libc` defaults to this process's."""
+    global _malloc_choice
+    environ = os.environ if environ is None else environ
+    if _user_chose_malloc(environ):
+        choice = "user"
+    else:
+        if libc is None and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            import ctypes
+            libc = ctypes.CDLL(None)
+        mallopt = getattr(libc, "mallopt", None)
+        params = {"M_MMAP_MAX": M_MMAP_MAX, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD,
+                  "M_TOP_PAD": M_TOP_PAD}
+        ok = mallopt is not None and all(
+            mallopt(params[name], value) == 1 for name, value in MALLOC_SETTINGS.items())
+        choice = "tfawd" if ok else "unavailable"
+    if environ is os.environ:
+        _malloc_choice = choice
+    return choice
+
+
 def onednn_enabled() -> bool | None:
     """Whether TensorFlow runs its oneDNN kernels in this process (None: cannot tell)."""
     try:
@@ -129,4 +174,6 @@ def machine() -> dict:
             "bf16_units": sorted(flags & set(BF16_UNITS)),
             "onednn": {"enabled": onednn_enabled(), "decided_by": _onednn_choice,
                        ONEDNN_VAR: os.environ.get(ONEDNN_VAR)},
+            "malloc": {"decided_by": _malloc_choice,
+                       **({"settings": MALLOC_SETTINGS} if _malloc_choice == "tfawd" else {})},
             "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ}}
