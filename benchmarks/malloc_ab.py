@@ -94,7 +94,8 @@ def main():
             value = row[key] if sub is None else row[key][sub]
             values.extend(value if isinstance(value, list) else [value])
         return common.spread(values)["median"]
-    summary = {f"{k}_system_over_tfawd": median("system", "kernels", k) / median("tfawd", "kernels", k)
+    summary = {f"{k}_system_over_tfawd":
+               median("system", "kernels", k) / median("tfawd", "kernels", k)
                for k in ("elementwise_pass_ms", "output_product_ms")}
     if not FLAGS.probe_only:
         summary["training_tokens_per_s_tfawd_over_system"] = (

@@ -1,6 +1,7 @@
 """The machine-dependent choices: oneDNN on x86 unless the user chose, --precision=auto by the
 hardware's bf16 units, and the record of both."""
 import io
+import json
 import os
 import pathlib
 import platform
@@ -177,3 +178,65 @@ def test_machine_names_the_cpu_features_that_decide_speed():
     assert info["onednn"]["enabled"] is runtime.onednn_enabled()
     if runtime.is_x86() and info["onednn"]["enabled"] is not None:
         assert info["onednn"]["enabled"] == (os.environ[runtime.ONEDNN_VAR] not in ("0", ""))
+
+
+class _FakeLibc:
+    def __init__(self, accepts=True):
+        self.calls, self.accepts = [], accepts
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1 if self.accepts else 0
+
+
+def test_malloc_is_tuned_unless_the_user_chose_an_allocator():
+    libc = _FakeLibc()
+    assert runtime.configure_malloc({}, libc) == "tfawd"
+    assert libc.calls == [(runtime.M_MMAP_MAX, 0), (runtime.M_TRIM_THRESHOLD, 1 << 30),
+                          (runtime.M_TOP_PAD, 64 << 20)]
+    for env in ({runtime.MALLOC_VAR: "system"}, {"MALLOC_ARENA_MAX_": "2"},
+                {"LD_PRELOAD": "libjemalloc.so.2"}, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}):
+        libc = _FakeLibc()
+        assert runtime.configure_malloc(env, libc) == "user" and libc.calls == [], env
+    assert runtime.configure_malloc({}, _FakeLibc(accepts=False)) == "unavailable"
+    assert runtime.configure_malloc({}, object()) == "unavailable"  # no mallopt (not glibc)
+
+
+_REFAULTS = """
+import ctypes, json, resource, main
+from tfawd.core import runtime
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+size = 256 << 20
+def touch():
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    return p
+libc.free(ctypes.c_void_p(touch()))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps({"faults": faults, "malloc": runtime.machine()["malloc"]}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("setting", [None, "system"])
+def test_a_freed_large_block_is_reused_without_page_faults(setting):
+    """A process set up like main.py gets a 256 MB block freed a moment ago back without the
+    page faults of fresh memory (which glibc's defaults would map again: 65,536 of 4 KiB, or
+    128 of 2 MiB with transparent huge pages); TFAWD_MALLOC=system keeps glibc's defaults."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "GLIBC_TUNABLES",
+                                                         runtime.MALLOC_VAR)}
+    if setting:
+        env[runtime.MALLOC_VAR] = setting
+    out = subprocess.run([sys.executable, "-c", _REFAULTS], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    if setting is None:
+        assert res["malloc"]["decided_by"] == "tfawd"
+        assert res["faults"] < 16, res
+    else:
+        assert res["malloc"] == {"decided_by": "user"}
+        assert res["faults"] >= 100, res

@@ -15,14 +15,16 @@
   Ampere on), float32 elsewhere: without such units bfloat16 is emulated and slower than float32.
 - **Memory allocator** (`configure_malloc`): glibc serves each allocation above 32 MB with a
   fresh `mmap` and gives it back with `munmap` when it is freed, so every training step of the
-  paper config page-faults in (and the kernel zeroes) the ~370 MB [N, V] products, their
-  gradient and the other large temporaries again. On a 2-core Intel Xeon with AMX that halved
-  the speed of whatever wrote them: an element-wise pass over [5600, 33278] bf16 took 162 ms
-  and the output layer's product [5600x400]x[400x33278] 308 ms, against 77.5 and 199 ms with
-  the heap kept (results/before_after/malloc_probe_intel_amx.json). So the entry points call
-  `configure_malloc()`: on glibc it serves every allocation from the heap and keeps freed memory
-  for reuse (`mallopt`: no mmap, trim threshold 1 GiB). Peak memory is reused, not returned to
-  the system until the process ends. `TFAWD_MALLOC=system`, a `MALLOC_*_` or `GLIBC_TUNABLES`
+  paper config page-faults in (and the kernel zeroes) its ~370 MB [N, V] products, their
+  gradient and its other large temporaries again. On a 2-core Intel Xeon with AMX that halved
+  the speed of whatever wrote them (`benchmarks/malloc_ab.py`, the arms alternated: an
+  element-wise pass over [5600, 33278] bf16 2.15x faster with the heap kept, the output layer's
+  product 1.56x, the paper config's training step 1.06x and the long run's 1.02x, peak memory
+  unchanged: results/before_after/malloc_ab_awd_lstm_wt2_intel_amx.json and
+  results/before_after/malloc_ab_awd_lstm_wt2_long_intel_amx.json). So the entry points call
+  `configure_malloc()`: on glibc it serves every allocation from the heap and keeps freed
+  memory for reuse (`mallopt`: no mmap, trim threshold 1 GiB); memory a process has used
+  stays its own until it ends. `TFAWD_MALLOC=system`, a `MALLOC_*_` or `GLIBC_TUNABLES`
   variable, or an `LD_PRELOAD`ed allocator leaves glibc's defaults alone.
 - `machine()`: the CPU, its vector/matrix features, the oneDNN state and any ISA caps set in
   the environment, recorded with every figure (results.json, benchmark JSONs), since times are
