@@ -12,10 +12,11 @@ def token_nll(logits, targets):
         labels=targets, logits=tf.cast(logits, tf.float32))
 
 
-# WikiText-2's 33,278 words padded to 33,280: the output layer's three bf16 products of the paper
-# config (N = 5,600 tokens, E = 400) took 296 / 197 / 177 ms (forward, dX, dW) unpadded and
-# 250 / 178 / 164 ms padded on a 2-core Intel Xeon with AMX
-# (results/before_after/vocab_align_probe_intel_amx.json).
+# WikiText-2's 33,278 words padded to 33,280: at the paper config's shape (N = 5,600 tokens,
+# E = 400, bf16) the output layer's forward + backward (`decoder_nll`) took 898 against 979 ms,
+# its three products 158.6 / 159.7 / 168.0 against 206.6 / 200.0 / 176.2 ms (forward, dX, dW;
+# medians of 4 alternated rounds, 2-core Intel Xeon with AMX, `benchmarks/vocab_align.py`:
+# results/before_after/vocab_align_probe_intel_amx.json).
 VOCAB_ALIGN = 64
 PAD_LOGIT = -1e30  # exp(PAD_LOGIT - lse) is exactly 0 in float32
 
