@@ -223,3 +223,59 @@ def test_joint_scores_combine_attention_and_ctc():
         assert h.ctc == pytest.approx(-ctc.ctc_nll_reference(lp, h.tokens), abs=1e-9)
         assert h.score == pytest.approx((1 - w) * att + w * h.ctc, abs=1e-9)
         assert n <= max_len
+
+
+def test_fusion_adds_the_weighted_lm_score_and_length_bonus():
+    """Shallow fusion: each kept hypothesis's score is (1 - w) att + w ctc + beta lm + gamma
+    |tokens + <eos>|, lm its LM log-probability (recomputed here by stepping the LM over it)."""
+    v, max_len, w, beta, gamma = 6, 8, 0.3, 0.4, 0.7
+    step, state = markov_model(7, v, max_len)
+    lm_step, lm_state = markov_model(9, v, max_len)
+    logits = np.random.default_rng(8).normal(size=(12, v)) * 2
+    logits[:, [ctc.SOS_ID, EOS]] = -5.0
+    lp = log_softmax(logits)
+    hyps = ctc.joint_beam_search(step, state, lp, w, beam=4, max_len=max_len,
+                                 lm=(lm_step, lm_state), lm_weight=beta, length_bonus=gamma)
+    assert len(hyps) == 4
+    for h in hyps:
+        att, lm, st, lst = 0.0, 0.0, state, lm_state
+        for prev, c in zip((ctc.SOS_ID,) + h.tokens, h.tokens + (EOS,)):
+            logp, st = step(np.array([prev]), st)
+            lm_logp, lst = lm_step(np.array([prev]), lst)
+            att, lm = att + logp[0, c], lm + lm_logp[0, c]
+        assert h.lm == pytest.approx(lm, abs=1e-9)
+        assert h.score == pytest.approx((1 - w) * att + w * h.ctc + beta * lm
+                                        + gamma * (len(h.tokens) + 1), abs=1e-9)
+    # no fusion: the search of before (same hypotheses and scores), whatever the LM
+    plain = ctc.joint_beam_search(step, state, lp, w, beam=4, max_len=max_len)
+    off = ctc.joint_beam_search(step, state, lp, w, beam=4, max_len=max_len,
+                                lm=(lm_step, lm_state), lm_weight=0.0)
+    assert [(h.tokens, h.score) for h in off] == [(h.tokens, h.score) for h in plain]
+
+
+def test_a_confident_lm_decides_between_transcripts_the_recogniser_cannot_tell_apart():
+    """Attention and CTC equally sure of characters 3 and 4: the LM's preference picks one,
+    and a length bonus makes a longer transcript win over <eos>."""
+    v = 6
+
+    def even(tokens, states):  # attention: 3 or 4 equally, then <eos> likelier than more
+        logp = np.full((len(tokens), v), -20.0)
+        logp[:, [3, 4]] = np.log(0.3)
+        logp[:, EOS] = np.log(0.4)
+        return logp, states
+
+    def prefers(char):
+        def lm(tokens, states):
+            logp = np.full((len(tokens), v), np.log(0.01))
+            logp[:, char] = np.log(0.9)
+            logp[:, EOS] = np.log(0.05)
+            return logp, states
+        return lm, (np.zeros(1),)
+    state = (np.zeros(1),)
+    lp = log_softmax(np.zeros((4, v)))
+    no_lm = ctc.joint_beam_search(even, state, lp, 0.0, beam=4, max_len=4)
+    assert no_lm[0].tokens == ()  # <eos> at once is the likeliest
+    for char in (3, 4):
+        hyps = ctc.joint_beam_search(even, state, lp, 0.0, beam=4, max_len=4,
+                                     lm=prefers(char), lm_weight=1.0, length_bonus=2.0)
+        assert hyps[0].tokens[:1] == (char,)

@@ -100,6 +100,16 @@ class SpeechConfig(RunFlags):
                                        "beside greedy and beam; the CTC head alone is scored "
                                        "as 'ctc'. 0: no joint decoding. 0.5 was best of "
                                        "0.1-0.7 on AN4's validation split.")
+    lm_weight: float = _f(0.0, "LAS: shallow fusion (Gulcehre et al. 2015): weight beta of a "
+                               "character LM's log-probability in the joint CTC/attention beam "
+                               "search, scored as the 'joint_lm' decoder beside 'joint' (needs "
+                               "a CTC head, --ctc_decode_weight > 0, --beam_size > 1). The LM is "
+                               "trained on the training transcripts at the first evaluation "
+                               "that needs it and kept in --model_dir. 0: off.")
+    lm_length_bonus: float = _f(0.0, "LAS: gamma, added to a fused hypothesis's score per "
+                                     "character (<eos> counted): offsets the LM's cost of "
+                                     "every character, which alone favours short transcripts.")
+    char_lm_units: int = _f(256, "LAS: LSTM units of the fused character LM (--lm_weight).")
     max_decode_len: int = _f(120, "LAS: longest decoded transcript, in characters.")
     max_chars_per_frame: float = _f(0.0, "LAS: decoding also stops after ceil(input frames x "
                                          "this) characters incl. <eos> (a looping decoder "
@@ -116,7 +126,7 @@ def define_flags(fv=flags.FLAGS):
     define_fields(dataclasses.fields(SpeechConfig), fv)
     for name in ("train_utterances", "eval_utterances", "max_digits", "listener_units",
                  "speller_units", "attention_dim", "char_embed_dim", "max_decode_len",
-                 "teacher_forcing_epochs", "frame_stack"):
+                 "teacher_forcing_epochs", "frame_stack", "char_lm_units"):
         flags.register_validator(name, lambda v: v > 0, f"--{name} must be positive",
                                  flag_values=fv)
     for name in PROBABILITIES:
@@ -132,6 +142,8 @@ def define_flags(fv=flags.FLAGS):
                              "--lr_epoch_decay must be in (0, 1]", flag_values=fv)
     flags.register_validator("ctc_decode_weight", lambda v: 0 <= v <= 1,
                              "--ctc_decode_weight must be in [0, 1]", flag_values=fv)
+    flags.register_validator("lm_weight", lambda v: v >= 0, "--lm_weight must be >= 0",
+                             flag_values=fv)
     flags.register_validator("ctc_weight", lambda v: 0 <= v < 1,
                              "--ctc_weight must be in [0, 1)", flag_values=fv)
     flags.register_validator("ema_decay", lambda v: 0 <= v < 1,

@@ -223,16 +223,19 @@ class Hypothesis(NamedTuple):
     """A finished hypothesis: its characters (no <sos>/<eos>), joint score, and the attention
     log-probability (incl. <eos>) and CTC log-probability log p_ctc(tokens | x) (0 when the
     search ran without CTC) it combines; with `keep_states`, `state`: the decoder state after
-    its <eos> step (e.g. its attention history)."""
+    its <eos> step (e.g. its attention history); `lm`: the fused character LM's log p(tokens +
+    <eos>) (0 without one)."""
     tokens: tuple
     score: float
     att: float
     ctc: float
     state: object = None
+    lm: float = 0.0
 
 
 def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_len,
-                      sos_id=SOS_ID, eos_id=EOS_ID, blank=CTC_BLANK, keep_states=False):
+                      sos_id=SOS_ID, eos_id=EOS_ID, blank=CTC_BLANK, keep_states=False,
+                      lm=None, lm_weight=0.0, length_bonus=0.0):
     """Joint CTC/attention one-pass beam search (Watanabe et al. 2017 section 3.3, eq. 23-25):
     each hypothesis h is scored alpha(h) = (1 - w) alpha_att(h) + w alpha_ctc(h), where
     alpha_att(g + c) = alpha_att(g) + log p_att(c | g, x) and alpha_ctc(h) =
@@ -250,11 +253,17 @@ def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_
     are never kept. No length normalisation. Returns the kept `Hypothesis`es, best first (with
     `keep_states`, each with its decoder state after the <eos> step). A
     weight of exactly 0 (1) skips the CTC (attention) term: a plain attention (CTC-only)
-    search."""
+    search.
+
+    Shallow fusion (`tfawd.speech.char_lm`): `lm` = (lm_step_fn, lm_init_state), shaped as
+    step_fn / init_state, adds lm_weight * log p_lm(h) (`Hypothesis.lm`, <eos> scored too) and
+    length_bonus per character of h (<eos> counted) to alpha(h)."""
     use_att, use_ctc = ctc_weight < 1, ctc_weight > 0
     scorer = CTCPrefixScorer(ctc_log_probs, blank, eos_id) if use_ctc else None
     ctc_state = scorer.initial_state() if use_ctc else None
-    prefixes, att = [()], np.zeros(1)
+    use_lm = lm is not None and (lm_weight != 0 or length_bonus != 0)
+    lm_step, lm_states = lm if use_lm else (None, None)
+    prefixes, att, lm_acc = [()], np.zeros(1), np.zeros(1)
     tokens, states, ended = np.array([sos_id]), init_state, []
     for step in range(max_len):
         logp, new_states = step_fn(tokens, states)
@@ -262,6 +271,11 @@ def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_
         cand_ctc = scorer.scores(ctc_state) if use_ctc else np.zeros_like(cand_att)
         total = ((1 - ctc_weight) * cand_att if use_att else 0) + (
             ctc_weight * cand_ctc if use_ctc else 0)
+        cand_lm = np.zeros_like(cand_att)
+        if use_lm:
+            lm_logp, new_lm_states = lm_step(tokens, lm_states)
+            cand_lm = lm_acc[:, None] + np.asarray(lm_logp, np.float64)
+            total = total + lm_weight * cand_lm + length_bonus * (step + 1)
         if step == max_len - 1:
             total[:, np.arange(total.shape[1]) != eos_id] = NEG_INF
         scores = np.concatenate([[h.score for h in ended], total.ravel()])
@@ -274,15 +288,18 @@ def joint_beam_search(step_fn, init_state, ctc_log_probs, ctc_weight, beam, max_
         kept_ended += [Hypothesis(prefixes[p], float(total[p, eos_id]), float(cand_att[p, eos_id]),
                                   float(cand_ctc[p, eos_id]),
                                   tf.nest.map_structure(lambda s, p=p: np.asarray(s)[p:p + 1],
-                                                        new_states) if keep_states else None)
+                                                        new_states) if keep_states else None,
+                                  float(cand_lm[p, eos_id]))
                        for p in parents[done]]
         ended = sorted(kept_ended, key=lambda h: -h.score)
         parents, chars = parents[~done], chars[~done]
         if not len(parents):
             break
         prefixes = [prefixes[p] + (int(c),) for p, c in zip(parents, chars)]
-        att = cand_att[parents, chars]
+        att, lm_acc = cand_att[parents, chars], cand_lm[parents, chars]
         states = tf.nest.map_structure(lambda s: np.asarray(s)[parents], new_states)
+        if use_lm:
+            lm_states = tf.nest.map_structure(lambda s: np.asarray(s)[parents], new_lm_states)
         ctc_state = scorer.advance(ctc_state, parents, chars) if use_ctc else None
         tokens = chars
     return ended

@@ -25,7 +25,7 @@ import tensorflow as tf
 from pipelines.speech_features import CharVocab
 from tfawd.core import files, reporting
 from tfawd.core.run_dir import RunDir
-from tfawd.speech import inference, joint_decoding
+from tfawd.speech import char_lm, inference, joint_decoding
 from tfawd.speech.data import featurized
 from tfawd.speech.inference import make_decoder
 from tfawd.speech.las import encoder_frames
@@ -198,6 +198,15 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
             decoders["joint"] = joint_decoding.make_joint_decoder(
                 model, cfg.max_decode_len, cfg.beam_size, cfg.ctc_decode_weight)
     metrics = {}
+    if cfg.lm_weight or cfg.lm_length_bonus:
+        if "joint" not in decoders:
+            raise ValueError("--lm_weight / --lm_length_bonus fuse a character LM into the joint "
+                             "CTC/attention beam search: it needs a model trained with "
+                             "--ctc_weight > 0, and --ctc_decode_weight > 0 and --beam_size > 1")
+        lm, metrics["char_lm"] = char_lm.for_run(cfg, vocab, data)
+        decoders["joint_lm"] = joint_decoding.make_joint_decoder(
+            model, cfg.max_decode_len, cfg.beam_size, cfg.ctc_decode_weight, lm=lm,
+            lm_weight=cfg.lm_weight, length_bonus=cfg.lm_length_bonus)
     for split in [s for s in data if s != "train"]:
         for name, decode in decoders.items():
             t0 = time.perf_counter()
@@ -228,7 +237,7 @@ def evaluate(cfg) -> dict:
     stats = ((model.feature_mean.numpy(), model.feature_std.numpy())
              if model.feature_norm == "global" else None)
     data, _, _ = featurized(cfg, vocab, stats)
-    metrics = evaluate_splits(model, vocab, {s: d for s, d in data.items() if s != "train"}, cfg)
+    metrics = evaluate_splits(model, vocab, data, cfg)  # train: only for a character LM
     path = RunDir(cfg.model_dir).evaluation
     reporting.write_json(path, metrics)
     reporting.line("evaluate", path)

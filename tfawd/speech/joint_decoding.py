@@ -34,13 +34,27 @@ def _needs_ctc_head(model):
                          "CTC head); decode with --ctc_decode_weight=0")
 
 
-def make_joint_decoder(model, max_len: int, beam_size: int, ctc_weight: float):
+def _lm_scorer(lm):
+    """(step_fn, initial state) of a `tfawd.speech.char_lm.CharLM` for `joint_beam_search`."""
+    step = tf.function(lm.step, reduce_retracing=True)
+
+    def lm_step(prev, states):
+        logp, states = step(tf.constant(prev, tf.int32), [tf.constant(s) for s in states])
+        return logp.numpy(), [s.numpy() for s in states]
+    return lm_step, [np.asarray(s) for s in lm.initial_state(1)]
+
+
+def make_joint_decoder(model, max_len: int, beam_size: int, ctc_weight: float, lm=None,
+                       lm_weight: float = 0.0, length_bonus: float = 0.0):
     """Joint CTC/attention beam search with weight `ctc_weight` on the CTC prefix score (0: the
     attention beam search, as `ListenAttendSpell.beam_search`; 1: CTC prefix scores only, the
-    attention decoder still proposing the characters)."""
+    attention decoder still proposing the characters). With a character LM `lm`: shallow
+    fusion at `lm_weight`, plus `length_bonus` a character (`tfawd.speech.char_lm`)."""
     _needs_ctc_head(model)
     encode = _encode(model, max_len)
     speller = model.speller
+    fusion = dict(lm=_lm_scorer(lm), lm_weight=lm_weight,
+                  length_bonus=length_bonus) if lm is not None else {}
 
     @tf.function(reduce_retracing=True)
     def step(tokens, state, keys, values):
@@ -71,7 +85,8 @@ def make_joint_decoder(model, max_len: int, beam_size: int, ctc_weight: float):
             # caps: steps incl. <eos>, max_len + 1 uncapped (then, as in greedy decoding, a
             # transcript of max_len characters is cut there without its <eos>)
             hyps = joint_beam_search(step_fn, init, ctc[b, :n].numpy(), ctc_weight, beam_size,
-                                     int(caps[b]), model.sos_id, model.eos_id, keep_states=True)
+                                     int(caps[b]), model.sos_id, model.eos_id, keep_states=True,
+                                     **fusion)
             best = hyps[0]
             out = list(best.tokens) + [model.eos_id]
             tokens[b, :len(out)] = out[:max_len]
