@@ -3,7 +3,10 @@ character at a time, it learns a pattern of its transcripts, it lives in the run
 a run with --lm_weight scores the fused decoder beside the others (and without a joint search to
 fuse into, says so)."""
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from tfawd.speech import evaluation as speech_evaluation
 from tfawd.speech import training as speech_training
 
 VOCAB = CharVocab()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def encode(text):
@@ -72,6 +76,24 @@ def test_a_run_with_lm_weight_scores_the_fused_decoder_and_keeps_its_lm(data_dir
     again = speech_evaluation.evaluate(cfg)
     assert again["char_lm"] == results["char_lm"]
     assert again["valid_joint_lm"]["cer"] == results["valid_joint_lm"]["cer"]
+    # the fusion grid of benchmarks/lm_fusion.py on the same folder: the no-fusion row is the
+    # run's joint decoder, the chosen pair is the validation's best, test scored with it
+    out = tmp_path / "fusion.json"
+    subprocess.run([sys.executable, "benchmarks/lm_fusion.py", "--model=las",
+                    "--dataset=spoken_digits", f"--data_dir={cfg.data_dir}",
+                    f"--model_dir={cfg.model_dir}", "--train_utterances=24",
+                    "--eval_utterances=12", "--max_digits=2", "--seed=5", "--beam_size=2",
+                    "--max_decode_len=20", "--batch_size=8", "--char_lm_units=8",
+                    "--weights=0.3", "--bonuses=0,0.5", f"--out={out}"],
+                   cwd=REPO, check=True, capture_output=True)
+    grid = json.loads(out.read_text())
+    assert [(r["lm_weight"], r["length_bonus"]) for r in grid["valid"]] == [
+        (0.0, 0.0), (0.3, 0.0), (0.3, 0.5)]
+    assert grid["valid"][0]["cer"] == pytest.approx(results["valid_joint"]["cer"])
+    assert grid["test"]["no_fusion"]["cer"] == pytest.approx(results["test_joint"]["cer"])
+    best = min(grid["valid"], key=lambda r: (r["cer"], r["wer"], r["lm_weight"]))
+    assert grid["chosen"] == {"lm_weight": best["lm_weight"], "length_bonus": best["length_bonus"]}
+    assert grid["char_lm"] == results["char_lm"]
     # without the joint search there is nothing to fuse into: said before decoding
     with pytest.raises(ValueError, match="--beam_size > 1"):
         speech_evaluation.evaluate(dataclasses.replace(cfg, beam_size=1))

@@ -8,7 +8,8 @@ ending in <eos>, scores [B], attention [B, max_len, T']).
   hypotheses of that utterance, the CTC prefix scores on the host. ESPnet's AN4 recipe decodes
   this way; without the CTC term its attention-only decoding was 70.6% CER, with it 15.3%.
   The attention maps are those of the best hypothesis (carried through the search as part of
-  the decoder state).
+  the decoder state). With a character LM (`tfawd.speech.char_lm`, --lm_weight): shallow
+  fusion, its log-probability and a length bonus added to every hypothesis's score.
 - `make_ctc_decoder`: the CTC head alone, best path (`ctc_greedy`); attention all zero.
 """
 import numpy as np
