@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.test_training import tiny_cfg
+from tfawd.core.clock import clock
 from tfawd.lm.models import AwdLstmModel
 from tfawd.lm.training import finetune, open_run, train
 
@@ -149,6 +150,20 @@ def test_loop_minutes_left_counts_down_the_budget(tiny_corpus, tmp_path):
     t = open_run(awd_cfg(tmp_path / "run", time_budget_min=30), tiny_corpus)
     assert 29.9 < t.minutes_left() <= 30
     assert open_run(awd_cfg(tmp_path / "r2"), tiny_corpus).minutes_left() is None
+
+
+def test_the_budget_leaves_out_the_time_the_process_was_stopped(tiny_corpus, tmp_path,
+                                                                 monkeypatch):
+    """A run paused (SIGSTOP) for a measurement keeps the training minutes it was given:
+    10 minutes since run() began, 4 of them stopped, leave 24 of a 30-minute budget."""
+    t = open_run(awd_cfg(tmp_path / "run", time_budget_min=30), tiny_corpus)
+    now = clock().now()
+    t._start = now - 600
+    assert t.minutes_left() == pytest.approx(20, abs=0.05)
+    assert t._stop_reason(now - 1801) == "time_budget"
+    monkeypatch.setattr(clock(), "paused", clock().paused + 240)  # 4 minutes stopped
+    assert t.minutes_left() == pytest.approx(24, abs=0.05)
+    assert t._stop_reason(now - 1801) is None
 
 
 def test_training_then_finetuning_keeps_the_better_model(tiny_corpus, tmp_path):

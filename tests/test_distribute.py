@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tests.conftest import REPO
 from tfawd.core import distribute
+from tfawd.core.clock import clock
 from tfawd.core.run_guard import RunError
 from tfawd.launch import free_ports, tf_config
 
@@ -218,7 +219,6 @@ def test_replica_helpers_are_the_identity_in_one_process():
 def test_workers_take_the_same_stop_and_budget_decisions():
     """A worker whose clock or signal says stop stops them all at the same step; the time
     left is the slowest clock's (`Loop._agreed_stop`, `Loop.minutes_left`)."""
-    import time
 
     from tfawd.core.loop import Loop, LoopConfig, RunState
 
@@ -231,7 +231,7 @@ def test_workers_take_the_same_stop_and_budget_decisions():
     loop = Loop.__new__(Loop)  # the loop's decisions only, no task
     loop.settings = LoopConfig("unused", max_epochs=1, time_budget_min=60)
     loop.state, loop.distribution = RunState(), TwoWorkers()
-    calm, start = types.SimpleNamespace(received=False), time.perf_counter()
+    calm, start = types.SimpleNamespace(received=False), clock().now()
     for other, expected in ((0, None), (1, "time_budget"), (2, "signal")):
         loop.distribution.other = other
         assert loop._agreed_stop(calm, start) == expected

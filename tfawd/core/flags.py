@@ -35,7 +35,8 @@ class RunFlags:
     max_epochs: int = field(40, "Stop after this many epochs.")
     max_steps: int = field(0, "Stop after this many training steps in total (0: no limit).")
     time_budget_min: float = field(0.0, "Stop training after this many minutes of this run, "
-                                        "then evaluate (0: no limit).")
+                                        "then evaluate (0: no limit). Time the process was "
+                                        "stopped (SIGSTOP, a suspended VM) is not counted.")
     log_every: int = field(50, "Steps between progress/TensorBoard updates.")
     checkpoint_every: int = field(500, "Steps between checkpoints (also saved at each epoch "
                                        "end and on every stop).")

@@ -157,7 +157,8 @@ class Loop:
         cfg, st = self.settings, self.state
         self.segments.start(cfg.precision, int(st.step), float(st.train_seconds),
                             int(st.train_units), self.task.unit, clock().paused)
-        start = self._start = self._last_save = time.perf_counter()
+        self._last_save = time.perf_counter()
+        start = self._start = clock().now()  # the budget leaves out the time it was stopped
         while int(st.epoch) < cfg.max_epochs:
             if cfg.max_steps and int(st.step) >= cfg.max_steps:
                 return "max_steps"
@@ -225,11 +226,12 @@ class Loop:
         return result
 
     def minutes_left(self) -> float | None:
-        """Of `time_budget_min` (counted from this process's `run()`), None without a budget."""
+        """Of `time_budget_min` (counted from this process's `run()`, the time it was stopped
+        left out: `PauseAwareClock`), None without a budget."""
         if not self.settings.time_budget_min:
             return None
         start = getattr(self, "_start", None)  # None: run() has not started
-        elapsed = 0.0 if start is None else time.perf_counter() - start
+        elapsed = 0.0 if start is None else clock().now() - start
         left = self.settings.time_budget_min - elapsed / 60
         return left if self._agree is None else self._agree(left, "min")
 
@@ -237,7 +239,7 @@ class Loop:
         cfg = self.settings
         if cfg.max_steps and int(self.state.step) >= cfg.max_steps:
             return "max_steps"
-        if cfg.time_budget_min and time.perf_counter() - start > 60 * cfg.time_budget_min:
+        if cfg.time_budget_min and clock().now() - start > 60 * cfg.time_budget_min:
             return "time_budget"
         return None
 
