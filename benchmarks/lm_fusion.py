@@ -9,7 +9,6 @@ folder's (trained there first if it has none).
       --weights=0.1,0.2,0.3,0.5 --bonuses=0,0.5,1 --out=F
 """
 import itertools
-import time
 
 import common  # first: sys.path, oneDNN and the allocator
 from absl import flags
@@ -24,32 +23,23 @@ FLAGS = flags.FLAGS
 
 
 def main():
-    from pipelines.speech_features import CharVocab
-    from tfawd.speech import char_lm, config, inference, joint_decoding
-    from tfawd.speech.data import featurized
-    from tfawd.speech.evaluation import error_rates, eval_batches, per_speaker, transcribe
-    cfg = config.from_flags(FLAGS)
-    model, cfg = inference.load_trained(cfg)
+    from tfawd.speech import char_lm, config, joint_decoding
+    from tfawd.speech.evaluation import load_for_evaluation, score_split
+    model, cfg, vocab, data = load_for_evaluation(config.from_flags(FLAGS))
     if model.ctc_head is None or cfg.beam_size < 2 or not cfg.ctc_decode_weight:
         raise SystemExit("lm_fusion needs a run trained with --ctc_weight > 0, and "
                          "--beam_size > 1 and --ctc_decode_weight > 0")
-    vocab = CharVocab()
-    stats = ((model.feature_mean.numpy(), model.feature_std.numpy())
-             if model.feature_norm == "global" else None)
-    data, _, _ = featurized(cfg, vocab, stats)
     lm, lm_info = char_lm.for_run(cfg, vocab, data)
 
     def score(split, weight, bonus):
         decode = joint_decoding.make_joint_decoder(
             model, cfg.max_decode_len, cfg.beam_size, cfg.ctc_decode_weight,
             lm=lm if weight or bonus else None, lm_weight=weight, length_bonus=bonus)
-        start = time.perf_counter()
-        res = transcribe(decode, eval_batches(data[split], cfg.batch_size), vocab,
-                         cfg.frame_stack, cfg.pyramid_layers)
-        out = {"lm_weight": weight, "length_bonus": bonus, **error_rates(res["hyps"], res["refs"]),
-               "utterances": len(res["hyps"]), "seconds": round(time.perf_counter() - start, 2)}
-        if res["speakers"]:
-            out["per_speaker_cer"] = {s: v["cer"] for s, v in per_speaker(res).items()}
+        _, scores = score_split(decode, data[split], vocab, cfg)
+        out = {"lm_weight": weight, "length_bonus": bonus,
+               **{k: scores[k] for k in ("cer", "wer", "utterances", "seconds")}}
+        if "per_speaker" in scores:
+            out["per_speaker_cer"] = {s: v["cer"] for s, v in scores["per_speaker"].items()}
         print(split, {k: out[k] for k in ("lm_weight", "length_bonus", "cer", "wer")}, flush=True)
         return out
 

@@ -59,11 +59,6 @@ def run_arm(arm: str, argv: list) -> tuple:
     return out, round(usage.ru_maxrss / 1024)
 
 
-def last_json(text: str) -> dict:
-    start = text.index("\n{") + 1 if not text.startswith("{") else 0
-    return json.loads(text[start:])
-
-
 def main():
     if FLAGS.child:
         print(json.dumps({"kernels": kernels(), "malloc": common.runtime.machine()["malloc"]}))

@@ -23,6 +23,7 @@ def main():
 
     from tfawd.nn import losses
     n, v, e = FLAGS.tokens, FLAGS.vocab, FLAGS.emsize
+    default_align = losses.VOCAB_ALIGN
     h = tf.cast(tf.random.normal([n, e]), tf.bfloat16)
     w = tf.random.normal([v, e], stddev=0.1)
     b = tf.zeros([v])
@@ -57,7 +58,7 @@ def main():
             for name, fn in fns.items():
                 _, seconds = common.timed(fn, rounds=FLAGS.calls)
                 rows[a][name].append(round(1000 * min(seconds), 1))
-    losses.VOCAB_ALIGN = 64
+    losses.VOCAB_ALIGN = default_align
     medians = {a: {k: common.spread(x)["median"] for k, x in r.items()} for a, r in rows.items()}
     base = FLAGS.align[0]
     common.emit({**common.record("vocab_align"), "shape": {"tokens": n, "vocab": v, "emsize": e},

@@ -185,6 +185,32 @@ def write_attention(model_dir, result, n=N_ATTENTION) -> dict:
     return diagonality(maps, result["out_lengths"][:n], result["frames"][:n])
 
 
+def score_split(decode, split, vocab, cfg) -> tuple:
+    """(transcription, scores) of one featurized split by `decode`: CER/WER, utterances,
+    seconds, the first examples and, where the source names speakers, per-speaker rates."""
+    t0 = time.perf_counter()
+    result = transcribe(decode, eval_batches(split, cfg.batch_size), vocab, cfg.frame_stack,
+                        cfg.pyramid_layers)
+    scores = error_rates(result["hyps"], result["refs"])
+    scores.update(utterances=len(result["hyps"]), seconds=round(time.perf_counter() - t0, 2),
+                  examples=[{"ref": r, "hyp": h} for r, h in
+                            zip(result["refs"][:5], result["hyps"][:5])])
+    if result["speakers"]:
+        scores["per_speaker"] = per_speaker(result)
+    return result, scores
+
+
+def load_for_evaluation(cfg) -> tuple:
+    """(model, cfg with the run's architecture, vocabulary, featurized splits incl. train) of
+    the trained run in `cfg.model_dir`, its features normalised as it was trained."""
+    model, cfg = inference.load_trained(cfg)
+    vocab = CharVocab()
+    stats = ((model.feature_mean.numpy(), model.feature_std.numpy())
+             if model.feature_norm == "global" else None)
+    data, _, _ = featurized(cfg, vocab, stats)
+    return model, cfg, vocab, data
+
+
 def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
     """Every evaluation split of `data` decoded greedily (and with beam search when
     --beam_size > 1) and scored; the attention PNGs and attention.npy of the first validation
@@ -209,16 +235,7 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
             lm_weight=cfg.lm_weight, length_bonus=cfg.lm_length_bonus)
     for split in [s for s in data if s != "train"]:
         for name, decode in decoders.items():
-            t0 = time.perf_counter()
-            result = transcribe(decode, eval_batches(data[split], cfg.batch_size), vocab,
-                                cfg.frame_stack, cfg.pyramid_layers)
-            scores = error_rates(result["hyps"], result["refs"])
-            scores.update(utterances=len(result["hyps"]),
-                          seconds=round(time.perf_counter() - t0, 2),
-                          examples=[{"ref": r, "hyp": h} for r, h in
-                                    zip(result["refs"][:5], result["hyps"][:5])])
-            if result["speakers"]:
-                scores["per_speaker"] = per_speaker(result)
+            result, scores = score_split(decode, data[split], vocab, cfg)
             metrics[f"{split}_{name}"] = scores
             if split == "valid" and name == "greedy":
                 metrics["diagonality_first10"] = write_attention(cfg.model_dir, result)
@@ -232,11 +249,7 @@ def evaluate_splits(model, vocab, data, cfg, greedy=None) -> dict:
 def evaluate(cfg) -> dict:
     """`--mode=evaluate --model=las`: the trained run of `cfg.model_dir` (its own
     architecture, best weights) on every evaluation split; writes evaluation.json."""
-    model, cfg = inference.load_trained(cfg)
-    vocab = CharVocab()
-    stats = ((model.feature_mean.numpy(), model.feature_std.numpy())
-             if model.feature_norm == "global" else None)
-    data, _, _ = featurized(cfg, vocab, stats)
+    model, cfg, vocab, data = load_for_evaluation(cfg)
     metrics = evaluate_splits(model, vocab, data, cfg)  # train: only for a character LM
     path = RunDir(cfg.model_dir).evaluation
     reporting.write_json(path, metrics)
