@@ -53,15 +53,24 @@ def epoch_curve(history: list) -> list:
             for h in history if "val_ppl" in h and not h.get("partial") and not h.get("initial")]
 
 
-def table(curve: list, anchor: dict = GLUONNLP_1150) -> str:
-    """Markdown: at each anchor epoch the run has reached, both perplexities."""
+def table(curve: list, anchor: dict = GLUONNLP_1150, others: tuple = ()) -> str:
+    """Markdown: at each anchor epoch the run has reached (and at its latest epoch), its
+    perplexity, each earlier run's of `others` ([(label, curve)]; '-' where it has none) and
+    the anchor's."""
     ours = {e: p for e, p, _ in curve}
-    rows = ["| epochs | tfawd valid ppl | GluonNLP valid ppl |", "|---|---|---|"]
-    for epoch, theirs in anchor.items():
-        if epoch in ours:
-            rows.append(f"| {epoch} | {ours[epoch]:.2f} | {theirs:.2f} |")
+    columns = [(label, {e: p for e, p, _ in other}) for label, other in others]
+
+    def row(name, epoch, theirs):
+        cells = [f"{ours[epoch]:.2f}"] + [f"{c[epoch]:.2f}" if epoch in c else "-"
+                                          for _, c in columns] + [theirs]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    rows = ["| epochs | tfawd valid ppl | " + "".join(f"{label} | " for label, _ in columns)
+            + "GluonNLP valid ppl |", "|---|---|" + "---|" * len(columns) + "---|"]
+    rows += [row(epoch, epoch, f"{theirs:.2f}") for epoch, theirs in anchor.items()
+             if epoch in ours]
     if curve and curve[-1][0] not in anchor:
-        rows.append(f"| {curve[-1][0]} (latest) | {curve[-1][1]:.2f} | - |")
+        rows.append(row(f"{curve[-1][0]} (latest)", curve[-1][0], "-"))
     return "\n".join(rows)
 
 
@@ -119,7 +128,7 @@ def main():
         with open(other_path) as f:
             others.append((other_label, epoch_curve(json.load(f))))
     plot(curve, FLAGS.out, FLAGS.label, others=others)
-    print(table(curve))
+    print(table(curve, others=others))
     print(f"wrote {FLAGS.out}")
 
 

@@ -32,6 +32,14 @@ def test_the_table_pairs_the_run_with_the_anchor_at_its_epochs():
     assert anchor_curve.table(curve[:11]).splitlines()[-1] == "| 11 (latest) | 189.00 | - |"
 
 
+def test_the_table_gives_earlier_runs_a_column_each():
+    curve = [(e, 200.0 - e, False) for e in range(1, 12)]
+    lines = anchor_curve.table(curve, others=[("attempt 1", curve[:10])]).splitlines()
+    assert lines[0] == "| epochs | tfawd valid ppl | attempt 1 | GluonNLP valid ppl |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2:] == ["| 10 | 190.00 | 190.00 | 148.00 |", "| 11 (latest) | 189.00 | - | - |"]
+
+
 def test_compare_takes_label_equals_history(tmp_path):
     h = tmp_path / "attempt1_history.json"
     h.write_text(json.dumps(HISTORY))
