@@ -32,6 +32,8 @@ flags.DEFINE_integer("rounds", 6, "Alternations of (CPU 0 alone, CPU 1 alone, bo
 flags.DEFINE_float("phase_s", 6.0, "Seconds of each phase.")
 flags.DEFINE_float("chunk_s", 0.5, "Seconds of one timed interval inside a phase.")
 flags.DEFINE_list("workloads", ["compute", "memory"], "compute and/or memory.")
+flags.register_validator("workloads", lambda v: bool(v) and set(v) <= {"compute", "memory"},
+                         "--workloads takes compute and/or memory, e.g. --workloads=compute")
 flags.DEFINE_string("out", None, "The JSON to write.")
 
 WORKER = r"""
